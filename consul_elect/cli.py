@@ -1,0 +1,212 @@
+"""The command line: parse flags and environment, call the core, map its errors to exit codes.
+
+Heavy modules (py-consul, requests, rich, the election itself) are imported inside the
+commands, so `--help` and `status` start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import (
+    CommandNotExecutable, CommandNotFound, ConsulUnavailable, ElectError, LeadershipLost, LeadershipTimeout,
+    NotAnElectKey, PermissionDenied, UsageError,
+)
+
+# Exit codes of consul-elect's own outcomes. The child's own status passes through unchanged
+# (128 + N when signal N killed it); these are chosen from the sysexits range and the
+# conventions of timeout(1) and the shell so they rarely collide with a child's codes.
+EXIT_OK = 0
+EXIT_NO_LEADER = 3              # status: nobody holds the key
+EXIT_USAGE = 2                  # bad flag, value or combination
+EXIT_NOT_AN_ELECT_KEY = 65      # status: the key's value is not a consul-elect identity
+EXIT_CONSUL_UNAVAILABLE = 69    # Consul unreachable (past --timeout, or at start-up)
+EXIT_SOFTWARE = 70              # internal failure (e.g. the watchdog process died)
+EXIT_LOST_LEADERSHIP = 75       # --exit-on-loss and leadership was lost (the child was stopped)
+EXIT_PERMISSION_DENIED = 77     # Consul ACL refused a request (HTTP 403)
+EXIT_TIMEOUT = 124              # --timeout passed before becoming leader (as timeout(1))
+EXIT_NOT_EXECUTABLE = 126       # the command exists but cannot be executed (as the shell)
+EXIT_NOT_FOUND = 127            # the command does not exist (as the shell)
+
+_EXIT_CODES = [
+    (UsageError, EXIT_USAGE),
+    (CommandNotFound, EXIT_NOT_FOUND),
+    (CommandNotExecutable, EXIT_NOT_EXECUTABLE),
+    (PermissionDenied, EXIT_PERMISSION_DENIED),
+    (ConsulUnavailable, EXIT_CONSUL_UNAVAILABLE),
+    (LeadershipTimeout, EXIT_TIMEOUT),
+    (LeadershipLost, EXIT_LOST_LEADERSHIP),
+    (NotAnElectKey, EXIT_NOT_AN_ELECT_KEY),
+    (ElectError, EXIT_SOFTWARE),
+]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        from .durations import parse_duration
+
+        try:
+            return parse_duration(value, what=f"--{param.name.replace('_', '-')}" if param else "duration")
+        except UsageError as e:
+            self.fail(str(e).removeprefix("invalid "), param, ctx)
+
+
+DURATION = Duration()
+
+
+def connection_options(f):
+    """Consul's own variables, with the same meaning as for the `consul` CLI; flags override them."""
+    opts = [
+        click.option("--http-addr", envvar="CONSUL_HTTP_ADDR", show_envvar=True, default="127.0.0.1:8500",
+                     show_default=True, help="Consul agent address: host:port or http(s)://host:port."),
+        click.option("--token", envvar="CONSUL_HTTP_TOKEN", show_envvar=True, help="ACL token."),
+        click.option("--token-file", envvar="CONSUL_HTTP_TOKEN_FILE", show_envvar=True,
+                     type=click.Path(dir_okay=False), help="File holding the ACL token."),
+        click.option("--ca-file", envvar="CONSUL_CACERT", show_envvar=True, type=click.Path(dir_okay=False),
+                     help="CA certificate to verify Consul's TLS certificate."),
+        click.option("--client-cert", envvar="CONSUL_CLIENT_CERT", show_envvar=True,
+                     type=click.Path(dir_okay=False), help="Client certificate for TLS."),
+        click.option("--client-key", envvar="CONSUL_CLIENT_KEY", show_envvar=True,
+                     type=click.Path(dir_okay=False), help="Client key for TLS."),
+        click.option("--tls-server-name", envvar="CONSUL_TLS_SERVER_NAME", show_envvar=True,
+                     help="Server name to expect in Consul's TLS certificate."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name):
+    from .config import Connection, parse_address
+
+    use_ssl = _env_bool("CONSUL_HTTP_SSL")
+    scheme, host, port = parse_address(http_addr, use_ssl)
+    if not token and token_file:
+        try:
+            with open(token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read token file {token_file}: {e.strerror}") from None
+    verify = _env_bool("CONSUL_HTTP_SSL_VERIFY")
+    return Connection(host=host, port=port, scheme=scheme, token=token or None, ca_cert=ca_file,
+                      client_cert=client_cert, client_key=client_key, verify=True if verify is None else verify,
+                      tls_server_name=tls_server_name)
+
+
+def _env_bool(name: str) -> bool | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"invalid {name}={value!r}: use true or false")
+
+
+def setup_logging(verbose: int, quiet: int) -> None:
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    root = logging.getLogger("consul_elect")
+    root.setLevel(max(logging.DEBUG, level))
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = logging.Formatter("%(asctime)s.%(msecs)03d consul-elect[%(process)d] %(levelname)s %(message)s",
+                                "%Y-%m-%dT%H:%M:%S")
+        handler.setFormatter(fmt)
+    root.handlers[:] = [handler]
+    root.propagate = False
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="consul-elect")
+def cli():
+    """Run a command on exactly one of many instances at a time, elected through Consul."""
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.option("--key", envvar="CONSUL_ELECT_KEY", show_envvar=True, required=True,
+              help="Consul KV key to campaign on, e.g. svc/leader.")
+@click.option("--name", envvar="CONSUL_ELECT_NAME", show_envvar=True,
+              help="This candidate's name.  [default: host name]")
+@click.option("--ttl", envvar="CONSUL_ELECT_TTL", show_envvar=True, type=DURATION, default="10s", show_default=True,
+              help="Session TTL (Consul's session_ttl_min, 10s by default, is the floor).")
+@click.option("--lock-delay", envvar="CONSUL_ELECT_LOCK_DELAY", show_envvar=True, type=DURATION, default="6s",
+              show_default=True, help="Consul lock-delay after an invalidated session; bounds the lease.")
+@click.option("--grace", envvar="CONSUL_ELECT_GRACE", show_envvar=True, type=DURATION, default="2s",
+              show_default=True, help="Time between SIGTERM and SIGKILL when stopping the command.")
+@click.option("--timeout", envvar="CONSUL_ELECT_TIMEOUT", show_envvar=True, type=DURATION, default=None,
+              help="Give up (exit 124, or 69 if Consul is unreachable) if not leader by then.  [default: wait]")
+@click.option("--exit-on-loss", envvar="CONSUL_ELECT_EXIT_ON_LOSS", show_envvar=True, is_flag=True,
+              help="Exit 75 after losing leadership instead of campaigning again.")
+@click.option("--shell", envvar="CONSUL_ELECT_SHELL", show_envvar=True, is_flag=True,
+              help="Run the command through /bin/sh -c.")
+@click.option("--port", envvar="CONSUL_ELECT_PORT", show_envvar=True, type=int, default=None,
+              help="Serve /status, /health, /leader and /metrics on this port.")
+@click.option("--bind", envvar="CONSUL_ELECT_BIND", show_envvar=True, default="0.0.0.0", show_default=True,
+              help="Address the status server binds.")
+@connection_options
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, bind, http_addr, token, token_file,
+        ca_file, client_cert, client_key, tls_server_name, verbose, quiet, command):
+    """Campaign on KEY and run COMMAND only while leader.
+
+    \b
+    Example:
+      consul-elect run --key svc/leader -- mycmd --flag
+    """
+    import socket
+
+    from .config import Config
+
+    setup_logging(verbose, quiet)
+    config = Config(
+        key=key, command=tuple(command), name=name or socket.gethostname(), ttl=ttl, lock_delay=lock_delay,
+        grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
+        connection=build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name),
+    )
+    from .app import Election
+
+    return Election(config).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="consul-elect", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help())
+        code = EXIT_OK
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        click.echo(f"consul-elect: {e.format_message()}{hint}", err=True)
+        code = EXIT_USAGE
+    except click.Abort:
+        code = 130
+    except click.ClickException as e:
+        click.echo(f"consul-elect: {e.format_message()}", err=True)
+        code = e.exit_code
+    except ElectError as e:
+        click.echo(f"consul-elect: {e}", err=True)
+        code = next(c for cls, c in _EXIT_CODES if isinstance(e, cls))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,180 @@
+"""Validated, frozen settings, and every default and timing constant with the reason for its value.
+
+The safety arithmetic (see README "Why the child is always stopped in time"):
+
+    a   = lease clock time read just *before sending* the latest request that proved our session
+          alive and holding the key (the acquire, or a successful renew)
+    B   = min(TTL, lock_delay) * (1 - CLOCK_RATE_ERROR) - SCHEDULING_SLACK      (the lease window)
+    deadline = a + B
+
+No other candidate can acquire before a + lock_delay after an invalidation (destroy, failed
+check) nor before a + TTL + lock_delay after a TTL expiry, and when the servers lose the
+lock-delay (it lives only in the Raft leader's memory) TTL still bounds the expiry; so a child
+that is dead and reaped by the deadline never overlaps its successor.
+
+The elector begins a graceful stop (SIGTERM) at deadline - grace; the watchdog process kills
+the child's group with SIGKILL at the deadline itself even if the elector is frozen or dead.
+Renewals are spaced so that RENEWS_PER_WINDOW attempts fit before the graceful stop begins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+
+from .errors import UsageError
+
+# Consul refuses session TTLs below its session_ttl_min, 10 s unless the operator lowers it.
+# A longer TTL only matters when the elector and its watchdog both vanish (host lost): the
+# session then lives up to 2 x TTL on the servers, plus the lock-delay.
+DEFAULT_TTL = 10.0
+# How long Consul keeps the key from being re-acquired after our session is invalidated.
+# It is the upper bound of the lease window: 6 s gives B = 5.69 s, so a frozen leader is
+# replaced within about 6 s while a healthy one renews about every 1.2 s.
+DEFAULT_LOCK_DELAY = 6.0
+# SIGTERM-to-SIGKILL time for the child; must fit inside the lease window (see validate()).
+DEFAULT_GRACE = 2.0
+# Allowed rate difference between our clock and the Consul servers' clocks.
+CLOCK_RATE_ERROR = 0.01
+# Time we allow for scheduling, the SIGKILL itself and reaping the child.
+SCHEDULING_SLACK = 0.25
+# How many renew attempts fit between a proof of life and the start of a graceful stop,
+# so one slow or failed renew never costs a healthy leader its lease.
+RENEWS_PER_WINDOW = 3
+# Below this, renewals would come so fast that the margin is eaten by request latency.
+MIN_RENEW_INTERVAL = 0.1
+# Cap on any single Consul request that is not a blocking query: Consul 1.8 agents can hang a
+# request forever on a dead server link, and nothing else bounds it.
+REQUEST_TIMEOUT = 5.0
+# Blocking queries wait at most this long; the client timeout adds Consul's wait/16 jitter.
+WATCH_WAIT = 30.0
+# Retry interval for an acquire refused while a lock-delay is in effect: short enough that the
+# lock-delay, not this interval, sets the failover time.
+LOCK_DELAY_RETRY = 0.05
+# Back-off between attempts while Consul is unreachable: quick first, then gentle.
+RECONNECT_BACKOFF_MIN = 0.2
+RECONNECT_BACKOFF_MAX = 2.0
+
+DEFAULT_CONSUL_ADDR = "127.0.0.1:8500"
+# A Consul key is a path; we refuse forms Consul rejects or silently rewrites.
+_KEY_RE = re.compile(r"^[^/\s][^\s]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """How to reach Consul: the same settings as the `consul` CLI's CONSUL_HTTP_* variables."""
+
+    host: str = "127.0.0.1"
+    port: int = 8500
+    scheme: str = "http"
+    token: str | None = None
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+    tls_server_name: str | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_address(addr: str, use_ssl: bool | None = None) -> tuple[str, str, int]:
+    """Parse CONSUL_HTTP_ADDR forms: host:port, host, http://host:port, https://host:port."""
+    text = addr.strip()
+    scheme = "http"
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise UsageError(f"invalid Consul address {addr!r}: scheme must be http or https")
+    text = text.rstrip("/")
+    if use_ssl is not None:
+        scheme = "https" if use_ssl else "http"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host or "/" in host or " " in host:
+        raise UsageError(f"invalid Consul address {addr!r}: expected host:port or a URL")
+    if not port_text:
+        return scheme, host, 443 if scheme == "https" and "://" in addr else 8500
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"invalid Consul address {addr!r}: port must be a number from 1 to 65535")
+    return scheme, host, int(port_text)
+
+
+def validate_key(key: str) -> str:
+    if not key or not key.strip():
+        raise UsageError("the key is empty: give --key like svc/leader")
+    if not _KEY_RE.match(key) or "//" in key or key.endswith("/"):
+        raise UsageError(
+            f"invalid key {key!r}: use a path like svc/leader (no leading or trailing '/', no '//', no spaces)"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise UsageError(f"invalid key {key!r}: control characters are not allowed")
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    key: str
+    command: tuple[str, ...]
+    connection: Connection = Connection()
+    name: str = dataclasses.field(default_factory=socket.gethostname)
+    ttl: float = DEFAULT_TTL
+    lock_delay: float = DEFAULT_LOCK_DELAY
+    grace: float = DEFAULT_GRACE
+    timeout: float | None = None
+    exit_on_loss: bool = False
+    shell: bool = False
+    status_port: int | None = None
+    status_bind: str = "0.0.0.0"
+
+    def __post_init__(self) -> None:
+        validate_key(self.key)
+        if not self.command or not self.command[0]:
+            raise UsageError("missing command: put it after --, e.g. consul-elect run --key svc/leader -- mycmd")
+        if not self.name.strip():
+            raise UsageError("--name must not be empty")
+        if not 0 < self.ttl <= 86400:
+            raise UsageError(f"--ttl must be between 1s and 24h (Consul's limits), got {self.ttl:g}s")
+        if not 0 <= self.lock_delay <= 60:
+            raise UsageError(f"--lock-delay must be between 0s and 60s (Consul's limits), got {self.lock_delay:g}s")
+        if self.lease_window <= 0:
+            raise UsageError(
+                f"no safe lease: min(ttl {self.ttl:g}s, lock-delay {self.lock_delay:g}s) x {1 - CLOCK_RATE_ERROR:g}"
+                f" - {SCHEDULING_SLACK:g}s slack = {self.lease_window:.2f}s; raise --lock-delay (at least 1s)"
+            )
+        if self.grace + RENEWS_PER_WINDOW * MIN_RENEW_INTERVAL > self.lease_window:
+            raise UsageError(
+                f"unsafe --grace {self.grace:g}s: the child must be dead within the lease window "
+                f"min(ttl {self.ttl:g}s, lock-delay {self.lock_delay:g}s) x {1 - CLOCK_RATE_ERROR:g} - "
+                f"{SCHEDULING_SLACK:g}s = {self.lease_window:.2f}s, and {self.grace:g}s grace + "
+                f"{RENEWS_PER_WINDOW} renewals x {MIN_RENEW_INTERVAL:g}s does not fit; lower --grace or raise "
+                f"--lock-delay/--ttl"
+            )
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError("--timeout must be greater than 0")
+        if self.status_port is not None and not 0 <= self.status_port < 65536:
+            raise UsageError(f"--port must be between 0 and 65535, got {self.status_port}")
+
+    @property
+    def lease_window(self) -> float:
+        """B: how long after a proof of life the child may still run (module docstring)."""
+        return min(self.ttl, self.lock_delay) * (1 - CLOCK_RATE_ERROR) - SCHEDULING_SLACK
+
+    @property
+    def renew_interval(self) -> float:
+        """Spacing of renewals while leading: RENEWS_PER_WINDOW attempts before the graceful stop."""
+        return (self.lease_window - self.grace) / RENEWS_PER_WINDOW
+
+    @property
+    def follower_renew_interval(self) -> float:
+        """A waiting candidate only needs its session to outlive the TTL."""
+        return max(self.ttl / 3, self.renew_interval)

@@ -1,0 +1,141 @@
+"""Consul session, lock and monitor. Losing the lock is an event, not an exception.
+
+The threads here never decide anything: they post events to the app's queue.
+- SessionKeeper renews one session and reports each proof of life with the time read just
+  before the request was sent (the lease counts from send time, never from receive time).
+- KeyWatcher follows the lock key with consistent blocking queries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from . import __version__, clock
+from . import config as defaults
+from .config import Config
+from .consul_api import ConsulClient, KeyState
+from .errors import ConsulError, SessionGone
+
+Post = Callable[[tuple], None]
+
+SESSION_NAME_PREFIX = "consul-elect"
+
+
+def session_name(key: str, name: str) -> str:
+    """Sessions are named so `consul-elect status` can list the candidates waiting on a key."""
+    return f"{SESSION_NAME_PREFIX} {key} {name}"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who holds the lock, stored as the key's value."""
+
+    name: str
+    host: str
+    pid: int
+    started: str
+    version: str
+    status_address: str | None = None
+
+    @classmethod
+    def of_this_process(cls, config: Config, status_address: str | None) -> Identity:
+        return cls(config.name, socket.gethostname(), os.getpid(), utc_now_iso(), __version__, status_address)
+
+    def to_value(self, session: str, since: str) -> bytes:
+        doc = {"consul_elect": 1, **dataclasses.asdict(self), "session": session, "since": since}
+        return json.dumps(doc, sort_keys=True).encode()
+
+
+def parse_identity(value: bytes | None) -> dict | None:
+    """The holder's identity, or None when the value is not one of ours."""
+    if not value:
+        return None
+    try:
+        doc = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("consul_elect") == 1 else None
+
+
+class SessionKeeper(threading.Thread):
+    """Renews one session; posts ("renewed", sid, sent_at), ("renew_failed", sid, error), ("session_gone", sid)."""
+
+    def __init__(self, config: Config, session: str, post: Post, interval: Callable[[], float]) -> None:
+        super().__init__(name="session-keeper", daemon=True)
+        self.client = ConsulClient(config.connection)
+        self.session = session
+        self.post = post
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval()):
+            interval = self.interval()
+            sent_at = clock.now()
+            try:
+                # The timeout is one interval: a renew slower than that is overtaken by the next
+                # attempt, and the last attempt before a graceful stop ends when the stop begins.
+                self.client.renew_session(self.session, timeout=interval)
+            except SessionGone:
+                self.post(("session_gone", self.session))
+                return
+            except ConsulError as e:
+                if not self.stopped.is_set():
+                    self.post(("renew_failed", self.session, e))
+                continue
+            if not self.stopped.is_set():
+                self.post(("renewed", self.session, sent_at, clock.now() - sent_at))
+
+
+class KeyWatcher(threading.Thread):
+    """Follows the key; posts ("key", KeyState | None, index) on each change and ("watch_failed", error)."""
+
+    def __init__(self, config: Config, post: Post) -> None:
+        super().__init__(name="key-watcher", daemon=True)
+        self.client = ConsulClient(config.connection)
+        self.key = config.key
+        self.post = post
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        index = 0
+        last: KeyState | None | str = "unknown"
+        backoff = defaults.RECONNECT_BACKOFF_MIN
+        while not self.stopped.is_set():
+            try:
+                new_index, state = self.client.read_key(self.key, index=index, wait=defaults.WATCH_WAIT)
+            except ConsulError as e:
+                self.post(("watch_failed", e))
+                # Never spin on an error: back off, and start over from a plain read.
+                self.stopped.wait(backoff)
+                backoff = min(backoff * 2, defaults.RECONNECT_BACKOFF_MAX)
+                index = 0
+                continue
+            backoff = defaults.RECONNECT_BACKOFF_MIN
+            if new_index < index:
+                # An index that goes backwards (snapshot restore) means start over, after a
+                # pause: a loop of index-0 reads would not block at all.
+                index = 0
+                self.stopped.wait(defaults.RECONNECT_BACKOFF_MIN)
+            else:
+                index = new_index
+            if state != last:
+                last = state
+                if not self.stopped.is_set():
+                    self.post(("key", state, index))

@@ -1,0 +1,53 @@
+"""Typed errors raised where problems arise; the CLI alone turns them into messages and exit codes."""
+
+
+class ElectError(Exception):
+    """Base class of every error consul-elect reports to the user."""
+
+
+class UsageError(ElectError):
+    """The user's input cannot work: a bad flag value, an unsafe combination, a bad key."""
+
+
+class CommandNotFound(ElectError):
+    """The command to run does not exist."""
+
+
+class CommandNotExecutable(ElectError):
+    """The command to run exists but cannot be executed."""
+
+
+class ConsulError(ElectError):
+    """Consul answered with an error we cannot treat as a normal election outcome."""
+
+
+class ConsulUnavailable(ConsulError):
+    """Consul could not be reached, timed out, or has no cluster leader."""
+
+
+class PermissionDenied(ConsulError):
+    """Consul's ACLs refused a request (HTTP 403)."""
+
+
+class SessionGone(ConsulError):
+    """Our session no longer exists on the servers (destroyed, expired, or its node left)."""
+
+
+class RejectedByConsul(ConsulError):
+    """Consul refused a request as invalid (HTTP 400), e.g. a TTL below the server's minimum."""
+
+
+class LeadershipTimeout(ElectError):
+    """--timeout passed before this candidate became leader."""
+
+
+class LeadershipLost(ElectError):
+    """Leadership was lost and --exit-on-loss asked us to exit."""
+
+
+class NotAnElectKey(ElectError):
+    """The key exists but its value is not a consul-elect identity."""
+
+
+class WatchdogFailed(ElectError):
+    """The watchdog process died or stopped answering."""

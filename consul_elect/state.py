@@ -1,0 +1,66 @@
+"""The election's state as others may read it (status server, metrics), behind one lock."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from . import clock
+from .elector import utc_now_iso
+
+CAMPAIGNING = "campaigning"
+LEADER = "leader"
+FOLLOWER = "follower"
+STEPPING_DOWN = "stepping-down"
+DISCONNECTED = "disconnected"
+
+
+@dataclasses.dataclass
+class Snapshot:
+    key: str
+    name: str
+    state: str = CAMPAIGNING
+    since: str = dataclasses.field(default_factory=utc_now_iso)
+    session: str | None = None
+    fencing_token: int | None = None
+    leader: dict | None = None
+    lease_deadline: float | None = None
+    consul_reachable: bool | None = None
+    consul_last_error: str | None = None
+    loop_heartbeat: float = dataclasses.field(default_factory=clock.now)
+    transitions: int = 0
+    consul_errors: int = 0
+    child_starts: int = 0
+
+
+class ElectionState:
+    def __init__(self, key: str, name: str) -> None:
+        self._lock = threading.Lock()
+        self._s = Snapshot(key=key, name=name)
+        self.listeners: list = []
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return dataclasses.replace(self._s)
+
+    def update(self, **fields) -> None:
+        with self._lock:
+            if "state" in fields and fields["state"] != self._s.state:
+                self._s.since = utc_now_iso()
+                self._s.transitions += 1
+            for k, v in fields.items():
+                setattr(self._s, k, v)
+
+    def consul_ok(self) -> None:
+        with self._lock:
+            self._s.consul_reachable = True
+
+    def consul_failed(self, error: Exception) -> None:
+        with self._lock:
+            self._s.consul_reachable = False
+            self._s.consul_last_error = str(error)
+            self._s.consul_errors += 1
+
+    def heartbeat(self) -> None:
+        with self._lock:
+            self._s.loop_heartbeat = clock.now()

@@ -1,0 +1,135 @@
+"""Process primitives for the child: spawn in its own group, signal the group, decode exit statuses.
+
+Used inside the watchdog process, which is the child's parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import signal
+import sys
+
+from .errors import CommandNotExecutable, CommandNotFound
+
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_libc = None
+
+
+def _prctl(option: int, arg: int) -> bool:
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc.prctl(option, arg, 0, 0, 0) == 0
+
+
+def set_parent_death_signal(signo: int) -> bool:
+    """Ask the kernel to send *signo* to this process when the thread that forked it dies."""
+    return _prctl(_PR_SET_PDEATHSIG, signo)
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants of the child are re-parented to us, so we can reap and stop them."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell would report it: the exit code, or 128 + N for death by signal N."""
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def check_command(argv: tuple[str, ...], env_path: str | None) -> None:
+    """Fail before campaigning when the command cannot possibly start."""
+    prog = argv[0]
+    if "/" in prog:
+        if not os.path.exists(prog):
+            raise CommandNotFound(f"command not found: {prog}")
+        if os.path.isdir(prog) or not os.access(prog, os.X_OK):
+            raise CommandNotExecutable(f"command not executable: {prog}")
+        return
+    if shutil.which(prog, path=env_path) is None:
+        for d in (env_path or os.defpath).split(os.pathsep):
+            candidate = os.path.join(d or ".", prog)
+            if os.path.isfile(candidate):
+                raise CommandNotExecutable(f"command not executable: {candidate}")
+        raise CommandNotFound(f"command not found: {prog}")
+
+
+# Dispositions the watchdog changes for itself; a child must start with the defaults (an ignored
+# signal stays ignored across exec).
+RESET_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE, signal.SIGCHLD,
+                 signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU]
+if hasattr(signal, "SIGXFSZ"):
+    RESET_SIGNALS.append(signal.SIGXFSZ)
+
+
+def spawn(argv: list[str], env: dict[str, str]) -> int:
+    """Start *argv* in a new process group; return its pid or raise OSError from exec.
+
+    Must be called from a single-threaded process: PR_SET_PDEATHSIG follows the forking thread.
+    """
+    parent = os.getpid()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_NOT_FOUND
+        try:
+            os.close(r)
+            os.setpgid(0, 0)
+            # Second line of defence: if the watchdog itself is killed, the child dies too.
+            set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(EXIT_NOT_FOUND)
+            signal.set_wakeup_fd(-1)
+            for s in RESET_SIGNALS:
+                signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.execvpe(argv[0], argv, env)
+        except OSError as e:
+            os.write(w, str(e.errno).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # the child did it first, or already exec'd (EACCES): either way the group exists
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    if data:
+        os.waitpid(pid, 0)
+        err = int(data)
+        raise OSError(err, os.strerror(err), argv[0])
+    return pid
+
+
+def signal_group(pgid: int, signo: int) -> bool:
+    """Send *signo* to the group; False when the group is already gone (ESRCH is not an error)."""
+    try:
+        os.killpg(pgid, signo)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def spawn_error_exit_code(e: OSError) -> int:
+    return EXIT_NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else EXIT_NOT_EXECUTABLE

@@ -1,0 +1,291 @@
+"""The watchdog: a small process that owns the child and keeps the lease promise on its own.
+
+It is forked from consul-elect before any thread starts and becomes the child's parent. It holds
+the lease deadline and the session id, so it keeps working when the elector cannot:
+
+- elector killed (its end of the socket closes): SIGKILL the child's group at once, reap it,
+  then release the key and destroy the session so a standby takes over without lock-delay;
+- elector frozen or cut off from Consul: SIGKILL the child's group at the lease deadline, reap
+  it, then release the key (a release applies no lock-delay);
+- the watchdog itself killed: the child has PR_SET_PDEATHSIG=SIGKILL (Linux).
+
+It speaks JSON datagrams over a SOCK_SEQPACKET socketpair; see WatchdogLink for the messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+from collections.abc import Callable
+
+from . import clock, supervisor
+from .config import Config
+from .consul_api import ConsulClient
+from .errors import ConsulError
+
+log = logging.getLogger("consul_elect.watchdog")
+
+# While waiting for a signalled group to empty, look again this often.
+GROUP_POLL = 0.01
+# The watchdog's own Consul requests (release, destroy) must not keep the process alive long
+# after the elector is gone.
+CLEANUP_TIMEOUT = 2.0
+# After SIGKILL, how long to wait for the kernel to let the group die before reporting anyway.
+KILL_WAIT = 2.0
+# Signals meant for the elector (terminal, service manager); the watchdog survives them so it
+# can carry out the orderly stop the elector asks for.
+IGNORED = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+           signal.SIGWINCH, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU]
+
+REASON_EXITED = "exited"
+REASON_STOPPED = "stopped"
+REASON_LEASE_EXPIRED = "lease-expired"
+
+
+class Watchdog:
+    def __init__(self, sock: socket.socket, config: Config) -> None:
+        self.sock = sock
+        self.config = config
+        self.session: str | None = None
+        self.deadline: float | None = None
+        self.child: int | None = None          # main child pid while not yet reaped
+        self.pgid: int | None = None           # the child's group while any member may live
+        self.status: int | None = None         # main child's exit code once reaped
+        self.kill_at: float | None = None      # when a graceful stop turns into SIGKILL
+        self.reason: str | None = None
+        self.killed = False
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        for s in IGNORED:
+            signal.signal(s, signal.SIG_IGN)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w)
+        supervisor.become_subreaper()
+        while True:
+            timeout = self._next_timeout()
+            ready, _, _ = select.select([self.sock, wake_r], [], [], timeout)
+            if wake_r in ready:
+                _drain(wake_r)
+            self._reap()
+            if self.sock in ready:
+                try:
+                    data = self.sock.recv(1 << 20)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    self._elector_gone()
+                    return
+                if self._handle(json.loads(data)) == "quit":
+                    return
+            self._check_timers()
+
+    def _next_timeout(self) -> float | None:
+        if self.pgid is None:
+            return None
+        moments = [t for t in (self.deadline, self.kill_at) if t is not None]
+        if self.child is None or self.kill_at is not None:
+            moments.append(clock.now() + GROUP_POLL)
+        return max(0.0, min(moments) - clock.now()) if moments else None
+
+    def _handle(self, msg: dict) -> str | None:
+        op = msg["op"]
+        if op == "session":
+            self.session = msg["session"]
+        elif op == "lease":
+            self.deadline = msg["deadline"]
+        elif op == "spawn":
+            self._spawn(msg["env"])
+        elif op == "signal":
+            if self.pgid is not None:
+                supervisor.signal_group(self.pgid, msg["signo"])
+        elif op == "stop":
+            self._begin_stop(msg["grace"], REASON_STOPPED)
+        elif op == "quit":
+            self._kill_now()
+            self._wait_dead(KILL_WAIT)
+            return "quit"
+        return None
+
+    # -- the child -------------------------------------------------------------------------
+
+    def _spawn(self, extra_env: dict[str, str]) -> None:
+        if self.deadline is None or clock.now() >= self.deadline:
+            self._send(ev="spawn_failed", code=supervisor.EXIT_NOT_EXECUTABLE, error="lease already expired")
+            return
+        argv = ["/bin/sh", "-c", " ".join(self.config.command)] if self.config.shell else list(self.config.command)
+        env = dict(os.environ)
+        env.update(extra_env)
+        try:
+            pid = supervisor.spawn(argv, env)
+        except OSError as e:
+            self._send(ev="spawn_failed", code=supervisor.spawn_error_exit_code(e), error=f"{argv[0]}: {e.strerror}")
+            return
+        self.child, self.pgid, self.status, self.kill_at, self.reason, self.killed = pid, pid, None, None, None, False
+        self._send(ev="spawned", pid=pid)
+
+    def _begin_stop(self, grace: float, reason: str) -> None:
+        if self.pgid is None:
+            return  # it already exited, and that was reported
+        if self.reason is None:
+            self.reason = reason
+        if self.kill_at is None:
+            supervisor.signal_group(self.pgid, signal.SIGTERM)
+            kill_at = clock.now() + grace
+            self.kill_at = min(kill_at, self.deadline) if self.deadline is not None else kill_at
+
+    def _kill_now(self) -> None:
+        if self.pgid is not None:
+            supervisor.signal_group(self.pgid, signal.SIGKILL)
+            self.killed = True
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.child:
+                self.child = None
+                self.status = supervisor.exit_code(status)
+
+    def _check_timers(self) -> None:
+        if self.pgid is None:
+            return
+        now = clock.now()
+        if self.deadline is not None and now >= self.deadline and not self.killed:
+            # The elector did not renew in time (frozen, cut off, slow): the lease promise
+            # is kept here, without it.
+            self.reason = REASON_LEASE_EXPIRED
+            self._kill_now()
+            self._wait_dead(KILL_WAIT)
+            self._finish()
+            self._release_key()
+            return
+        if self.kill_at is not None and now >= self.kill_at and not self.killed:
+            self._kill_now()
+        if self.child is None:
+            if self.reason is None:
+                # The child ended on its own; whatever it left in its group must not keep
+                # doing leader work without a leader.
+                self.reason = REASON_EXITED
+                self._kill_now()
+            if self.killed or not supervisor.group_alive(self.pgid):
+                if self.killed:
+                    self._wait_dead(KILL_WAIT)
+                self._finish()
+
+    def _wait_dead(self, limit: float) -> None:
+        """Block until the main child is reaped and its group is empty, or *limit* passes."""
+        end = clock.now() + limit
+        while clock.now() < end:
+            self._reap()
+            if self.child is None and (self.pgid is None or not supervisor.group_alive(self.pgid)):
+                return
+            select.select([], [], [], GROUP_POLL / 2)
+
+    def _finish(self) -> None:
+        self._send(ev="exited", pid=self.pgid, status=self.status, reason=self.reason)
+        self.pgid = self.child = self.kill_at = None
+        self.killed = False
+
+    # -- Consul clean-up on the elector's behalf -------------------------------------------
+
+    def _release_key(self) -> None:
+        if self.session is None:
+            return
+        try:
+            ConsulClient(self.config.connection).release(self.config.key, self.session, timeout=CLEANUP_TIMEOUT)
+        except ConsulError as e:
+            log.warning("watchdog could not release %s: %s", self.config.key, e)
+
+    def _elector_gone(self) -> None:
+        self._kill_now()
+        self._wait_dead(KILL_WAIT)
+        if self.session is None:
+            return
+        client = ConsulClient(self.config.connection)
+        try:
+            client.release(self.config.key, self.session, timeout=CLEANUP_TIMEOUT)
+            client.destroy_session(self.session, timeout=CLEANUP_TIMEOUT)
+        except ConsulError as e:
+            log.warning("watchdog could not clean up session %s: %s", self.session, e)
+
+    def _send(self, **msg) -> None:
+        try:
+            self.sock.send(json.dumps(msg).encode())
+        except OSError:
+            pass  # the elector is gone; the next recv tells us
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+class WatchdogLink:
+    """The elector's end: send orders, receive child events on a reader thread.
+
+    Orders: session(id), lease(deadline), spawn(env), signal(signo), stop(grace), quit.
+    Events: spawned(pid), spawn_failed(code, error), exited(status, reason), and
+    watchdog_lost when the watchdog process disappears.
+    """
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.sock = sock
+        self.pid = pid
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, config: Config) -> WatchdogLink:
+        """Fork the watchdog. Call before any thread exists."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ours.close()
+                Watchdog(theirs, config).serve()
+            except BaseException:
+                log.exception("watchdog failed")
+                code = 70
+            finally:
+                os._exit(code)
+        theirs.close()
+        return cls(ours, pid)
+
+    def listen(self, on_event: Callable[[dict], None]) -> None:
+        def read() -> None:
+            while True:
+                try:
+                    data = self.sock.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    on_event({"ev": "watchdog_lost"})
+                    return
+                on_event(json.loads(data))
+
+        threading.Thread(target=read, name="watchdog-link", daemon=True).start()
+
+    def send(self, op: str, **fields) -> None:
+        with self._lock:
+            try:
+                self.sock.send(json.dumps({"op": op, **fields}).encode())
+            except OSError:
+                pass  # the reader thread reports the loss
+
+    def close(self) -> None:
+        self.sock.close()
