@@ -237,6 +237,7 @@ class Election:
             kind = event[0]
             if kind == "renewed" and event[1] == self.session:
                 self._consul_reached()
+                self.state.renewed(event[3])
                 self.deadline = max(self.deadline, event[2] + self.config.lease_window)
                 self.watchdog.send("lease", deadline=self.deadline)
                 self.state.update(lease_deadline=self.deadline)
@@ -380,6 +381,7 @@ class Election:
             self._observe_key(event[1])
         elif kind == "renewed":
             self._consul_reached()
+            self.state.renewed(event[3])
         elif kind in ("renew_failed", "watch_failed"):
             self._consul_failed(event[-1])
         elif kind == "watchdog_lost":

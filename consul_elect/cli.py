@@ -189,6 +189,69 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, b
     return Election(config).run()
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--key", envvar="CONSUL_ELECT_KEY", show_envvar=True, required=True,
+              help="Consul KV key the candidates campaign on, e.g. svc/leader.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (with --watch: one line per change).")
+@click.option("--watch", is_flag=True, help="Print again whenever the leader or the candidates change, until Ctrl-C.")
+@connection_options
+def status(key, as_json, watch, http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name):
+    """Show who leads KEY, its fencing token and the candidates waiting, read from Consul.
+
+    \b
+    Exit status: 0 someone leads, 3 nobody leads, 65 KEY holds something other than a
+    consul-elect identity, 69 Consul unreachable, 77 ACL denied; --watch exits 0 on Ctrl-C.
+    """
+    from .config import validate_key
+    from .status_report import read_status, watch_status
+
+    validate_key(key)
+    connection = build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name)
+    show = _print_json if as_json else _table_printer(clear=watch)
+    if not watch:
+        report = read_status(connection, key)
+        show(report)
+        if report.leader is None:
+            click.echo(f"consul-elect: nobody leads {key}", err=True)
+            return EXIT_NO_LEADER
+        return EXIT_OK
+    updates = watch_status(connection, key)
+    try:
+        for update in updates:
+            if isinstance(update, ConsulUnavailable):
+                click.echo(f"consul-elect: {update}; still watching", err=True)
+            else:
+                show(update)
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C is the way a watch ends, not a failure
+    finally:
+        updates.close()
+
+
+def _print_json(report) -> None:
+    import json
+
+    click.echo(json.dumps(report.to_dict()))
+
+
+def _table_printer(clear: bool):
+    from rich.console import Console
+
+    from .status_report import render
+
+    console = Console()
+
+    def show(report) -> None:
+        # On a terminal each frame replaces the last; in a pipe or log, frames follow each other.
+        if clear and console.is_terminal:
+            console.clear()
+        elif clear:
+            console.print()
+        console.print(render(report))
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="consul-elect", standalone_mode=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 
 from . import clock
 from .elector import utc_now_iso
@@ -28,6 +29,7 @@ class Snapshot:
     consul_reachable: bool | None = None
     consul_last_error: str | None = None
     loop_heartbeat: float = dataclasses.field(default_factory=clock.now)
+    last_renew: float | None = None
     transitions: int = 0
     consul_errors: int = 0
     child_starts: int = 0
@@ -37,7 +39,7 @@ class ElectionState:
     def __init__(self, key: str, name: str) -> None:
         self._lock = threading.Lock()
         self._s = Snapshot(key=key, name=name)
-        self.listeners: list = []
+        self._renew_listeners: list[Callable[[float], None]] = []
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -64,3 +66,14 @@ class ElectionState:
     def heartbeat(self) -> None:
         with self._lock:
             self._s.loop_heartbeat = clock.now()
+
+    def on_renew(self, listener: Callable[[float], None]) -> None:
+        """Call *listener(latency_seconds)* after each successful session renewal."""
+        self._renew_listeners.append(listener)
+
+    def renewed(self, latency: float) -> None:
+        with self._lock:
+            self._s.consul_reachable = True
+            self._s.last_renew = clock.now()
+        for listener in self._renew_listeners:
+            listener(latency)

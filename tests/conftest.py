@@ -68,3 +68,26 @@ def consul_cluster(consul_bin, tmp_path):
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def candidates(tmp_path):
+    """Factory for consul-elect candidates; every one (and its tree) is killed after the test."""
+    from harness import Candidate
+
+    made = []
+
+    def make(http_addr, key, name, command=None, options=None, env=None, start=True):
+        events = tmp_path / "events.log"
+        cmd = command if command is not None else [sys.executable, str(Path(__file__).parent / "leader_child.py"),
+                                                   str(events)]
+        c = Candidate(http_addr, key, name, tmp_path, cmd, options, env)
+        made.append(c)
+        return c.start() if start else c
+
+    make.events = tmp_path / "events.log"
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.cleanup()

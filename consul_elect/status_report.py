@@ -1,0 +1,206 @@
+"""What `consul-elect status` shows: who leads a key, its fencing token, and who is waiting.
+
+Read straight from Consul, never from a candidate's status server, so it works when every
+candidate is down. Two sources are enough:
+  * the key: its value is the leader's identity (elector.Identity), its Session the leader's
+    session, its ModifyIndex the fencing token the leader's child was given;
+  * the session list: every candidate names its session `session_name(key, name)`, and a
+    session dies with its candidate (TTL, or destroyed on exit), so the waiting candidates are
+    exactly the live sessions named for the key, minus the leader's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+from . import config as defaults
+from .config import Connection
+from .consul_api import ConsulClient, KeyState
+from .elector import parse_identity, session_name
+from .errors import ConsulError, ConsulUnavailable, NotAnElectKey
+
+
+@dataclasses.dataclass(frozen=True)
+class Leader:
+    name: str | None
+    host: str | None
+    pid: int | None
+    status_address: str | None
+    since: str | None
+    session: str
+    node: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    name: str
+    session: str
+    node: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReport:
+    key: str
+    leader: Leader | None
+    # The key's ModifyIndex while held: the token the leader's child received. None when
+    # nobody holds the key, because then no one is fenced by it.
+    fencing_token: int | None
+    # How many times the key has been acquired (None when the key does not exist).
+    lock_index: int | None
+    # Oldest session first. Consul does not queue lock waiters: this is not who leads next.
+    candidates: tuple[Candidate, ...]
+
+    def to_dict(self) -> dict:
+        """The --json document. Scripts depend on these names: add fields, never rename them."""
+        return {**dataclasses.asdict(self), "candidates": [dataclasses.asdict(c) for c in self.candidates]}
+
+
+def build_report(key: str, kv: KeyState | None, sessions: list[dict]) -> StatusReport:
+    """The report for one reading of the key and the session list; NotAnElectKey if the key is not ours."""
+    holder = parse_identity(kv.value) if kv is not None else None
+    # A released key keeps an empty value (or the last leader's identity if its session
+    # expired); anything else there, or any holder that did not write our identity, means
+    # another tool uses this key and a "no leader" answer would be a lie.
+    if kv is not None and holder is None and (kv.session or kv.value):
+        held = f"held by session {kv.session}" if kv.session else "not held"
+        raise NotAnElectKey(f"{key} is not a consul-elect key: its value is not a consul-elect identity ({held})")
+    nodes = {s["ID"]: s.get("Node") for s in sessions}
+    leader = None
+    if kv is not None and kv.session:
+        leader = Leader(name=holder.get("name"), host=holder.get("host"), pid=holder.get("pid"),
+                        status_address=holder.get("status_address"), since=holder.get("since"),
+                        session=kv.session, node=nodes.get(kv.session))
+    prefix = session_name(key, "")
+    waiting = sorted((s for s in sessions if (s.get("Name") or "").startswith(prefix)
+                      and (leader is None or s["ID"] != leader.session)),
+                     key=lambda s: s.get("CreateIndex", 0))
+    return StatusReport(
+        key=key,
+        leader=leader,
+        fencing_token=kv.modify_index if leader else None,
+        lock_index=kv.lock_index if kv is not None else None,
+        candidates=tuple(Candidate(s["Name"][len(prefix):], s["ID"], s.get("Node")) for s in waiting),
+    )
+
+
+def read_status(connection: Connection, key: str) -> StatusReport:
+    client = ConsulClient(connection)
+    # The key first: the session list read after it then already holds the leader's session
+    # (created before it acquired), so the leader's node is known.
+    _, kv = client.read_key(key)
+    _, sessions = client.list_sessions()
+    return build_report(key, kv, sessions)
+
+
+def watch_status(connection: Connection, key: str) -> Iterator[StatusReport | ConsulUnavailable]:
+    """Yield a report each time what it shows changes, following both sources with blocking queries.
+
+    If Consul cannot be reached before the first report, raise ConsulUnavailable (a wrong
+    address should fail, not wait forever). Later, yield the error once per outage and keep
+    trying; the next report follows as soon as Consul answers again. Other errors (ACL denial,
+    the key turning out not to be ours) end the watch. Close the generator to stop the queries.
+    """
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    followers = [
+        _Follower("key", connection, lambda c, i: c.read_key(key, index=i, wait=defaults.WATCH_WAIT), events.put),
+        _Follower("sessions", connection, lambda c, i: c.list_sessions(index=i, wait=defaults.WATCH_WAIT),
+                  events.put),
+    ]
+    latest: dict = {}
+    shown: StatusReport | None = None
+    in_outage = False
+    for follower in followers:
+        follower.start()
+    try:
+        while True:
+            source, result = events.get()
+            if isinstance(result, ConsulUnavailable):
+                if shown is None:
+                    raise result
+                if not in_outage:
+                    in_outage = True
+                    yield result
+                continue
+            if isinstance(result, ConsulError):
+                raise result
+            latest[source] = result
+            if len(latest) < len(followers):
+                continue
+            report = build_report(key, latest["key"], latest["sessions"])
+            # After an outage the same report is news: it says the view is current again.
+            if report != shown or in_outage:
+                in_outage = False
+                shown = report
+                yield report
+    finally:
+        for follower in followers:
+            follower.stop()
+
+
+class _Follower(threading.Thread):
+    """Repeats one blocking query; posts (source, result) for each answer, (source, error) for each failure."""
+
+    def __init__(self, source: str, connection: Connection, query: Callable[[ConsulClient, int], tuple[int, object]],
+                 post: Callable[[tuple], None]) -> None:
+        super().__init__(name=f"status-{source}", daemon=True)
+        self.source = source
+        self.client = ConsulClient(connection)
+        self.query = query
+        self.post = post
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        index = 0
+        backoff = defaults.RECONNECT_BACKOFF_MIN
+        while not self.stopped.is_set():
+            try:
+                new_index, result = self.query(self.client, index)
+            except ConsulError as e:
+                self.post((self.source, e))
+                # Never spin on an error: back off, and start over from a plain read.
+                self.stopped.wait(backoff)
+                backoff = min(backoff * 2, defaults.RECONNECT_BACKOFF_MAX)
+                index = 0
+                continue
+            backoff = defaults.RECONNECT_BACKOFF_MIN
+            # An index that goes backwards (snapshot restore, rebuilt servers) means start over.
+            index = new_index if new_index >= index else 0
+            if not self.stopped.is_set():
+                self.post((self.source, result))
+
+
+def render(report: StatusReport):
+    """A compact rich table for people. rich is imported here so that --json never loads it."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if report.leader is None:
+        title = f"{report.key}: nobody leads"
+    else:
+        title = f"{report.key}: fencing token {report.fencing_token}, lock index {report.lock_index}"
+    table = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("ROLE", no_wrap=True)
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("NODE", no_wrap=True)
+    # Session IDs are UUIDs; 8 characters tell them apart on screen, --json has them whole.
+    table.add_column("SESSION", no_wrap=True)
+    table.add_column("DETAILS", overflow="fold")
+    if report.leader is not None:
+        leader = report.leader
+        details = [f"pid {leader.pid} on {leader.host}", f"since {leader.since}"]
+        if leader.status_address:
+            details.append(f"status {leader.status_address}")
+        table.add_row(Text("leader", style="green"), Text(str(leader.name)), Text(leader.node or "?"),
+                      leader.session[:8], Text(", ".join(details)))
+    for candidate in report.candidates:
+        table.add_row("waiting", Text(candidate.name), Text(candidate.node or "?"), candidate.session[:8], "")
+    if report.leader is None and not report.candidates:
+        table.add_row(Text("none", style="dim"), "", "", "", "")
+    return table
