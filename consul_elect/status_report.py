@@ -185,20 +185,21 @@ def render(report: StatusReport):
         title = f"{report.key}: nobody leads"
     else:
         title = f"{report.key}: fencing token {report.fencing_token}, lock index {report.lock_index}"
-    table = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False)
     table.add_column("ROLE", no_wrap=True)
     table.add_column("NAME", no_wrap=True)
     table.add_column("NODE", no_wrap=True)
     # Session IDs are UUIDs; 8 characters tell them apart on screen, --json has them whole.
     table.add_column("SESSION", no_wrap=True)
-    table.add_column("DETAILS", overflow="fold")
+    table.add_column("DETAILS")
     if report.leader is not None:
         leader = report.leader
         details = [f"pid {leader.pid} on {leader.host}", f"since {leader.since}"]
         if leader.status_address:
             details.append(f"status {leader.status_address}")
         table.add_row(Text("leader", style="green"), Text(str(leader.name)), Text(leader.node or "?"),
-                      leader.session[:8], Text(", ".join(details)))
+                      leader.session[:8], Text("\n".join(details)))
     for candidate in report.candidates:
         table.add_row("waiting", Text(candidate.name), Text(candidate.node or "?"), candidate.session[:8], "")
     if report.leader is None and not report.candidates:
