@@ -87,9 +87,12 @@ class Election:
 
     def _close(self) -> None:
         """Stop the child, then release the key, then destroy the session. Always, in that order."""
-        if self.child_alive and self.watchdog is not None:
-            self.watchdog.send("stop", grace=self.config.grace)
-            self._await_child_exit(self.config.grace + KILL_WAIT + 1)
+        try:
+            if self.child_alive and self.watchdog is not None:
+                self.watchdog.send("stop", grace=self.config.grace)
+                self._await_child_exit(self.config.grace + KILL_WAIT + 1)
+        except WatchdogFailed:
+            pass  # the child has PR_SET_PDEATHSIG: it died with the watchdog
         self._end_session()
         if self.watcher is not None:
             self.watcher.stop()

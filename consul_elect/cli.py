@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .errors import (
     CommandNotExecutable, CommandNotFound, ConsulUnavailable, ElectError, LeadershipLost, LeadershipTimeout,
-    NotAnElectKey, PermissionDenied, UsageError,
+    NotAnElectKey, PermissionDenied, RejectedByConsul, UsageError,
 )
 
 # Exit codes of consul-elect's own outcomes. The child's own status passes through unchanged
@@ -35,6 +35,7 @@ EXIT_NOT_FOUND = 127            # the command does not exist (as the shell)
 
 _EXIT_CODES = [
     (UsageError, EXIT_USAGE),
+    (RejectedByConsul, EXIT_USAGE),
     (CommandNotFound, EXIT_NOT_FOUND),
     (CommandNotExecutable, EXIT_NOT_EXECUTABLE),
     (PermissionDenied, EXIT_PERMISSION_DENIED),

@@ -183,6 +183,8 @@ def _short(e: Exception) -> str:
 def _classify(text: str) -> ConsulError:
     body = _body(Exception(text))
     low = body.lower()
+    if "invalid session ttl" in low:
+        return RejectedByConsul(f"Consul refused the session TTL (its session_ttl_min sets the floor): {body}")
     if "invalid session" in low or "session not found" in low:
         return SessionGone(body)
     if "permission denied" in low or "acl not found" in low:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,6 +22,12 @@ from .status_server import holds_lease
 # exist because a renewal that takes seconds is eating into the TTL, and seeing how far it got
 # matters more than resolution there.
 RENEW_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# generate_latest writes the classic text format, and our names and labels need none of the
+# UTF-8 escaping that format 1.0.0 adds, so we announce 0.0.4, the version every scraper knows.
+# (Newer prometheus_client releases label the same bytes 1.0.0 in CONTENT_TYPE_LATEST; older
+# ones do not know that version at all.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ElectionCollector(Collector):
@@ -55,7 +61,7 @@ class ElectionCollector(Collector):
 class ElectionMetrics:
     """Owns the registry; subscribes to the state's renewals as soon as it is built."""
 
-    content_type = CONTENT_TYPE_LATEST
+    content_type = CONTENT_TYPE
 
     def __init__(self, state: ElectionState) -> None:
         self.registry = CollectorRegistry()

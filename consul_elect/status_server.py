@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING
 
 from . import clock
+from . import config as defaults
 from .errors import UsageError
 from .state import LEADER, ElectionState, Snapshot
 
@@ -31,11 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # /health turns 503 when the main loop has not turned for this long. The loop wakes at least once
-# a second, but one turn may wait on up to three Consul requests in a row (create session,
-# acquire, consistent read), each capped at config.REQUEST_TIMEOUT (5 s): 1 + 3 * 5 = 16 s is a
-# slow but live loop. 20 s leaves room for scheduling on a loaded host, so a slow Consul does not
-# get a healthy process restarted, while a hung loop is still reported within half a minute.
-LOOP_STALL_AFTER = 20.0
+# a second, but one campaign turn may wait on three Consul requests in a row (create session,
+# acquire, consistent read), each capped at REQUEST_TIMEOUT: 1 + 3 * 5 = 16 s is a slow but live
+# loop. 4 s more covers scheduling on a loaded host, so a slow Consul does not get a healthy
+# process restarted, while a hung loop is still reported within 20 s.
+LOOP_STALL_AFTER = 1.0 + 3 * defaults.REQUEST_TIMEOUT + 4.0
 
 # The whole request (line and headers) must arrive within this long of the connection's accept.
 # A real client sends its few hundred bytes in one packet; a per-read timeout alone would let a
@@ -99,7 +100,10 @@ def leader_document(snapshot: Snapshot, now: float) -> tuple[int, dict]:
     if holds_lease(snapshot, now):
         return 200, {"is_leader": True, "key": snapshot.key, "fencing_token": snapshot.fencing_token,
                      "lease_deadline_in": round(snapshot.lease_deadline - now, 3)}
-    reason = "lease deadline passed" if snapshot.state == LEADER else f"state is {snapshot.state}"
+    if snapshot.state != LEADER:
+        reason = f"state is {snapshot.state}"
+    else:
+        reason = "lease deadline passed" if snapshot.lease_deadline is not None else "no lease deadline known"
     return 503, {"is_leader": False, "key": snapshot.key, "reason": reason}
 
 
@@ -126,8 +130,9 @@ class StatusServer:
         # Imported here so `consul-elect --help` does not pay for prometheus_client.
         from .metrics import ElectionMetrics
 
+        metrics = ElectionMetrics(self._state)
         try:
-            httpd = _Server(self._bind, self._port, self._state, ElectionMetrics(self._state))
+            httpd = _Server(self._bind, self._port, self._state, metrics)
         except OSError as e:
             reason = (e.strerror or str(e)).lower()
             raise UsageError(f"cannot serve status on {_host_port(self._bind, self._port)}: {reason}") from None

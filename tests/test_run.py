@@ -1,6 +1,7 @@
 """`consul-elect run` against a real Consul dev agent: election, handover, exit codes, signals."""
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -232,3 +233,65 @@ def test_bad_input_gets_one_line_and_exit_2(args, message):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_ttl_below_the_servers_minimum_is_a_usage_error(consul_agent, candidates):
+    c = candidates(consul_agent.http_addr, "svc/ttl", "a", options=["--ttl", "900ms", "--lock-delay", "2s",
+                                                                     "--grace", "0.1s"])
+    assert c.wait(15) == 2
+    assert "session_ttl_min" in c.log() and "Traceback" not in c.log()
+
+
+def _zombies_under(ancestor: int) -> list[int]:
+    """Zombie processes anywhere in the tree below *ancestor* (host pids)."""
+    zombies, todo = [], [ancestor]
+    while todo:
+        pid = todo.pop()
+        try:
+            kids = [int(k) for k in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+        except OSError:
+            continue
+        for k in kids:
+            try:
+                state = open(f"/proc/{k}/stat").read().split(") ", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state == "Z":
+                zombies.append(k)
+            todo.append(k)
+    return zombies
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare")
+                    or not shutil.which("nsenter"), reason="needs root and util-linux to make a PID namespace")
+def test_as_pid1_it_reaps_every_orphan_and_stops_on_sigterm(consul_agent, tmp_path):
+    events = tmp_path / "events.log"
+    # The command orphans a short-lived grandchild (reaped by the watchdog, a child subreaper) ...
+    script = f"(sleep 0.1 &); exec {sys.executable} {LEADER_CHILD} {events}"
+    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_agent.http_addr}
+    log = open(tmp_path / "pid1.log", "wb")
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                              sys.executable, "-m", "consul_elect", "run", "--key", "svc/pid1", *FAST,
+                              "--", "sh", "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        pid1 = wait_for(lambda: [int(k) for k in open(f"/proc/{outer.pid}/task/{outer.pid}/children").read().split()],
+                        10, what="consul-elect as PID 1")[0]
+        assert "\t1\n" in [line for line in open(f"/proc/{pid1}/status") if line.startswith("NSpid")][0] + "\n"
+        wait_for(lambda: read_lives(events), 10, what="the leader's child")
+        # ... and a process entering the namespace from outside orphans another one, which the
+        # kernel hands to PID 1: consul-elect itself.
+        subprocess.run(["nsenter", "-t", str(pid1), "-p", "-m", "sh", "-c", "(sleep 0.1 &); true"], check=True,
+                       timeout=10)
+        time.sleep(1.0)
+        assert _zombies_under(pid1) == [], "zombies left unreaped"
+        os.kill(pid1, signal.SIGTERM)
+        assert outer.wait(10) == 0  # the child exits 0 on SIGTERM; unshare passes the status on
+        assert read_lives(events)[0].events[-1] == "stop"
+    finally:
+        try:
+            os.killpg(outer.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        outer.wait(5)
+        log.close()
