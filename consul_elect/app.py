@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 
 from . import clock, supervisor
 from . import config as defaults
@@ -21,6 +22,7 @@ from .errors import (
     ConsulError, ConsulUnavailable, LeadershipLost, LeadershipTimeout, SessionGone, WatchdogFailed,
 )
 from .state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN, ElectionState
+from .status_server import StatusServer
 from .watchdog import KILL_WAIT, REASON_EXITED, REASON_LEASE_EXPIRED, WatchdogLink
 
 log = logging.getLogger("consul_elect")
@@ -43,10 +45,10 @@ class Lost(Exception):
 
 
 class Election:
-    def __init__(self, config: Config, state: ElectionState | None = None, status_address: str | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.state = state or ElectionState(config.key, config.name)
-        self.identity = Identity.of_this_process(config, status_address)
+        self.state = ElectionState(config.key, config.name)
+        self.identity = Identity.of_this_process(config, status_address=None)
         # SimpleQueue.put is reentrant, so signal handlers may post to it safely.
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.client = ConsulClient(config.connection)
@@ -61,6 +63,7 @@ class Election:
         self.reached_consul = False
         self.watchdog: WatchdogLink | None = None
         self.watcher: KeyWatcher | None = None
+        self.status_server: StatusServer | None = None
 
     # -- the one way in and out ------------------------------------------------------------
 
@@ -70,6 +73,10 @@ class Election:
         # Forked before any thread exists (threads do not survive a fork, locks might).
         self.watchdog = WatchdogLink.start(self.config)
         try:
+            if self.config.status_port is not None:
+                # Started after the fork, so the watchdog does not hold the port open.
+                self.status_server = StatusServer(self.state, self.config.status_bind, self.config.status_port).start()
+                self.identity = Identity.of_this_process(self.config, self._public_status_address())
             self.watchdog.listen(lambda msg: self.events.put((msg.pop("ev"), msg)))
             self._install_signal_handlers()
             self.watcher = KeyWatcher(self.config, self.events.put)
@@ -99,6 +106,8 @@ class Election:
         if self.watchdog is not None:
             self.watchdog.send("quit")
             self.watchdog.close()
+        if self.status_server is not None:
+            self.status_server.stop()
         for s in (*SHUTDOWN_SIGNALS, *FORWARDED_SIGNALS, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
 
@@ -108,6 +117,8 @@ class Election:
         """Return once leader, or when a shutdown signal arrived; raise when giving up."""
         self._set_state(CAMPAIGNING)
         log.info("campaigning for %s as %s", self.config.key, self.config.name)
+        if self.key_state is not None:
+            self._observe_key(self.key_state)
         started = clock.now()
         give_up_at = started + self.config.timeout if self.config.timeout else None
         retry_at = started
@@ -194,15 +205,16 @@ class Election:
         return True
 
     def _observe_key(self, kv: KeyState | None) -> None:
+        """Follow who leads while we do not (the leader's own loop judges key changes itself)."""
         self.key_state = kv
-        holder = parse_identity(kv.value) if kv is not None and kv.session else None
         if kv is None or kv.session is None:
-            self.state.update(leader=None, state=CAMPAIGNING if self.deadline is None else self.state.snapshot().state)
+            self.state.update(leader=None, state=CAMPAIGNING)
         elif kv.session != self.session:
-            leader = {"name": (holder or {}).get("name"), "session": kv.session, **(holder or {})}
-            self.state.update(leader=leader, state=FOLLOWER if self.deadline is None else self.state.snapshot().state)
-            if self.deadline is None:
+            holder = parse_identity(kv.value) or {}
+            leader = {**holder, "name": holder.get("name"), "session": kv.session}
+            if self.state.snapshot().leader != leader:
                 log.info("following %s (session %s)", leader["name"] or "a non-consul-elect holder", kv.session)
+            self.state.update(leader=leader, state=FOLLOWER)
 
     # -- leading ---------------------------------------------------------------------------
 
@@ -219,7 +231,7 @@ class Election:
             return started[1]["code"]
         self.child_alive = True
         self.child_pid = started[1]["pid"]
-        self.state.update(child_starts=self.state.snapshot().child_starts + 1)
+        self.state.child_started()
         log.info("started %s (pid %d)", " ".join(self.config.command), started[1]["pid"])
         try:
             return self._supervise_leader()
@@ -248,12 +260,11 @@ class Election:
                 kv, index = event[1], event[2]
                 if index < self.fencing_token:
                     continue  # posted before our acquire: history, not news
+                self.key_state = kv
                 if kv is None:
                     raise Lost("the key was deleted")
                 if kv.session != self.session:
-                    self._observe_key(kv)
                     raise Lost("the key was released" if kv.session is None else f"the key is held by session {kv.session}")
-                self.key_state = kv
             elif kind == "session_gone" and event[1] == self.session:
                 raise Lost("our session was invalidated")
             elif kind == "exited" and event[1]["pid"] == self.child_pid:
@@ -284,6 +295,7 @@ class Election:
             self.watchdog.send("stop", grace=self.config.grace)
             self._await_child_exit(None)
         self.deadline = None
+        self._observe_key(self.key_state)
         self._end_session()
         if self.shutdown_signal is not None:
             return 0
@@ -359,15 +371,24 @@ class Election:
             return None
 
     def _wait_for(self, *kinds: str) -> tuple:
-        while True:
-            event = self._next_event(None)
-            if event is None:
-                continue
-            if event[0] in kinds:
-                return event
-            if event[0] == "signal" and event[1] in SHUTDOWN_SIGNALS:
-                self.shutdown_signal = event[1]
-            self._handle_common(event)
+        # Key changes are kept for the caller's own loop: a loss seen here must not be lost.
+        deferred = []
+        try:
+            while True:
+                event = self._next_event(None)
+                if event is None:
+                    continue
+                if event[0] in kinds:
+                    return event
+                if event[0] == "key":
+                    deferred.append(event)
+                elif event[0] == "signal" and event[1] in SHUTDOWN_SIGNALS:
+                    self.shutdown_signal = event[1]
+                else:
+                    self._handle_common(event)
+        finally:
+            for event in deferred:
+                self.events.put(event)
 
     def _handle_common(self, event: tuple) -> None:
         kind = event[0]
@@ -380,7 +401,7 @@ class Election:
                 self.watchdog.send("signal", signo=signo)
         elif kind == "sigchld":
             self._reap_orphans()
-        elif kind == "key":
+        elif kind == "key" and self.deadline is None:
             self._observe_key(event[1])
         elif kind == "renewed":
             self._consul_reached()
@@ -408,6 +429,13 @@ class Election:
         for s in (*SHUTDOWN_SIGNALS, *FORWARDED_SIGNALS):
             signal.signal(s, post)
         signal.signal(signal.SIGCHLD, lambda *_: self.events.put(("sigchld",)))
+
+    def _public_status_address(self) -> str:
+        # A wildcard bind is no address for others to use: name this host instead.
+        host, _, port = self.status_server.address.rpartition(":")
+        if host in ("0.0.0.0", "[::]", ""):
+            host = socket.gethostname()
+        return f"{host}:{port}"
 
     def _set_state(self, state: str, **fields) -> None:
         self.state.update(state=state, **fields)

@@ -63,6 +63,10 @@ class ElectionState:
             self._s.consul_last_error = str(error)
             self._s.consul_errors += 1
 
+    def child_started(self) -> None:
+        with self._lock:
+            self._s.child_starts += 1
+
     def heartbeat(self) -> None:
         with self._lock:
             self._s.loop_heartbeat = clock.now()

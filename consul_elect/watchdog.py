@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -59,6 +60,7 @@ class Watchdog:
         self.kill_at: float | None = None      # when a graceful stop turns into SIGKILL
         self.reason: str | None = None
         self.killed = False
+        self.lease_file: str | None = None
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class Watchdog:
             self.session = msg["session"]
         elif op == "lease":
             self.deadline = msg["deadline"]
+            self._write_lease_file()
         elif op == "spawn":
             self._spawn(msg["env"])
         elif op == "signal":
@@ -123,6 +126,9 @@ class Watchdog:
         argv = ["/bin/sh", "-c", " ".join(self.config.command)] if self.config.shell else list(self.config.command)
         env = dict(os.environ)
         env.update(extra_env)
+        self.lease_file = os.path.join(tempfile.mkdtemp(prefix="consul-elect-"), "lease-deadline")
+        self._write_lease_file()
+        env["CONSUL_ELECT_LEASE_FILE"] = self.lease_file
         try:
             pid = supervisor.spawn(argv, env)
         except OSError as e:
@@ -197,6 +203,30 @@ class Watchdog:
         self._send(ev="exited", pid=self.pgid, status=self.status, reason=self.reason)
         self.pgid = self.child = self.kill_at = None
         self.killed = False
+        self._remove_lease_file()
+
+    def _write_lease_file(self) -> None:
+        # The child may check the deadline itself; rename makes each update atomic for readers.
+        if self.lease_file is None or self.deadline is None:
+            return
+        tmp = self.lease_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{self.deadline:.3f}\n")
+        os.replace(tmp, self.lease_file)
+
+    def _remove_lease_file(self) -> None:
+        if self.lease_file is None:
+            return
+        for path in (self.lease_file, self.lease_file + ".tmp"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(os.path.dirname(self.lease_file))
+        except OSError:
+            pass
+        self.lease_file = None
 
     # -- Consul clean-up on the elector's behalf -------------------------------------------
 

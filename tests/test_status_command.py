@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from consul_servers import wait_until
+from consul_servers import ConsulError, wait_until
 
 CONSUL_ELECT = str(Path(sys.executable).with_name("consul-elect"))
 SLEEPER = ["sleep", "60"]
@@ -45,14 +45,24 @@ def consul_view(agent, key: str) -> tuple[str | None, list[str], int | None]:
     return names.get(holder), sorted(n for sid, n in names.items() if sid != holder), kv.get("ModifyIndex")
 
 
-def status_when_settled(agent, key: str, waiting: int, *args: str):
-    """Once Consul shows a leader and `waiting` others, run status while nothing changes around it."""
-    def settled():
+def wait_for_view(agent, key: str, wanted, what: str, started) -> tuple:
+    """Consul's view of `key` once `wanted(view)` holds; on timeout, fail with the candidates' logs."""
+    def reached():
         view = consul_view(agent, key)
-        return view if view[0] is not None and len(view[1]) == waiting else None
+        return view if wanted(view) else None
 
+    try:
+        return wait_until(reached, 20, what=what)
+    except ConsulError as e:
+        logs = "".join(f"\n--- {c.name} ---\n{c.log()}" for c in started)
+        pytest.fail(f"{e}{logs}", pytrace=False)
+
+
+def status_when_settled(agent, key: str, started, *args: str):
+    """Once Consul shows one candidate leading and the others waiting, run status while nothing changes."""
     for _ in range(5):
-        before = wait_until(settled, 20, what=f"a leader and {waiting} waiting on {key}")
+        before = wait_for_view(agent, key, lambda v: v[0] is not None and len(v[1]) == len(started) - 1,
+                               f"a leader and {len(started) - 1} waiting on {key}", started)
         result = run_status(agent.http_addr, "--key", key, *args)
         # A hand-over between the two reads would make the comparison meaningless: try again.
         if consul_view(agent, key) == before:
@@ -70,7 +80,7 @@ def test_json_shows_leader_fencing_token_and_waiting_candidates(consul_agent, ca
     started = [candidates(consul_agent.http_addr, "svc/json", name, command=SLEEPER)
                for name in ("alpha", "bravo", "charlie")]
 
-    (leader_name, waiting, modify_index), result = status_when_settled(consul_agent, "svc/json", 2, "--json")
+    (leader_name, waiting, modify_index), result = status_when_settled(consul_agent, "svc/json", started, "--json")
 
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -90,8 +100,8 @@ def test_json_shows_leader_fencing_token_and_waiting_candidates(consul_agent, ca
 
 
 def test_human_output_names_the_leader_of_the_key_from_the_environment(consul_agent, candidates):
-    candidates(consul_agent.http_addr, "svc/human", "the-leader", command=SLEEPER)
-    wait_until(lambda: consul_view(consul_agent, "svc/human")[0], 20, what="a leader")
+    leader = candidates(consul_agent.http_addr, "svc/human", "the-leader", command=SLEEPER)
+    wait_for_view(consul_agent, "svc/human", lambda v: v[0], "a leader", [leader])
 
     result = run_status(consul_agent.http_addr, CONSUL_ELECT_KEY="svc/human")
 
@@ -152,9 +162,9 @@ class Lines:
 
 def test_watch_prints_a_frame_when_leadership_changes_and_ends_cleanly_on_ctrl_c(consul_agent, candidates):
     first = candidates(consul_agent.http_addr, "svc/watch", "first", command=SLEEPER)
-    wait_until(lambda: consul_view(consul_agent, "svc/watch")[0] == "first", 20, what="first to lead")
-    candidates(consul_agent.http_addr, "svc/watch", "second", command=SLEEPER)
-    wait_until(lambda: consul_view(consul_agent, "svc/watch")[1] == ["second"], 20, what="second to wait")
+    wait_for_view(consul_agent, "svc/watch", lambda v: v[0] == "first", "first to lead", [first])
+    second = candidates(consul_agent.http_addr, "svc/watch", "second", command=SLEEPER)
+    wait_for_view(consul_agent, "svc/watch", lambda v: v[1] == ["second"], "second to wait", [first, second])
 
     watch = subprocess.Popen([CONSUL_ELECT, "status", "--key", "svc/watch", "--watch", "--json"],
                              env=status_env(consul_agent.http_addr), stdout=subprocess.PIPE,
