@@ -202,6 +202,7 @@ class Election:
         self.deadline = sent_at + self.config.lease_window
         self.fencing_token = held.modify_index
         self.watchdog.send("lease", deadline=self.deadline)
+        self.keeper.renew_now()
         return True
 
     def _observe_key(self, kv: KeyState | None) -> None:

@@ -77,12 +77,22 @@ class SessionKeeper(threading.Thread):
         self.post = post
         self.interval = interval
         self.stopped = threading.Event()
+        self._wake = threading.Event()
 
     def stop(self) -> None:
         self.stopped.set()
+        self._wake.set()
+
+    def renew_now(self) -> None:
+        """Renew at once: a new leader must not wait out the slower follower interval."""
+        self._wake.set()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval()):
+        while True:
+            self._wake.wait(self.interval())
+            self._wake.clear()
+            if self.stopped.is_set():
+                return
             interval = self.interval()
             sent_at = clock.now()
             try:
