@@ -68,6 +68,8 @@ class Election:
     # -- the one way in and out ------------------------------------------------------------
 
     def run(self) -> int:
+        for missing in supervisor.weaker_protections():
+            log.warning("weaker protection on this platform: %s", missing)
         if not self.config.shell:
             supervisor.check_command(self.config.command, os.environ.get("PATH"))
         # Forked before any thread exists (threads do not survive a fork, locks might).

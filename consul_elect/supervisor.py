@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 
+from . import clock
 from .errors import CommandNotExecutable, CommandNotFound
 
 EXIT_NOT_EXECUTABLE = 126
@@ -40,6 +41,18 @@ def set_parent_death_signal(signo: int) -> bool:
 def become_subreaper() -> bool:
     """Orphaned descendants of the child are re-parented to us, so we can reap and stop them."""
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def weaker_protections() -> list[str]:
+    """What this platform lacks of the Linux protections, said once at start-up."""
+    missing = []
+    if not sys.platform.startswith("linux"):
+        missing.append("no PR_SET_PDEATHSIG: if the watchdog process itself is killed, the command survives it")
+        missing.append("no child subreaper: the command's orphans are not reaped or stopped by the watchdog")
+    if not clock.HAVE_BOOTTIME:
+        missing.append(f"lease clock is {clock.CLOCK_NAME}, which stops during suspend: a suspended leader "
+                       "can overrun its lease")
+    return missing
 
 
 def exit_code(status: int) -> int:
@@ -78,7 +91,7 @@ def spawn(argv: list[str], env: dict[str, str]) -> int:
     Must be called from a single-threaded process: PR_SET_PDEATHSIG follows the forking thread.
     """
     parent = os.getpid()
-    r, w = os.pipe2(os.O_CLOEXEC)
+    r, w = os.pipe()  # close-on-exec by default: EOF here means exec succeeded
     pid = os.fork()
     if pid == 0:
         code = EXIT_NOT_FOUND

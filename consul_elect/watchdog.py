@@ -9,7 +9,7 @@ the lease deadline and the session id, so it keeps working when the elector cann
   it, then release the key (a release applies no lock-delay);
 - the watchdog itself killed: the child has PR_SET_PDEATHSIG=SIGKILL (Linux).
 
-It speaks JSON datagrams over a SOCK_SEQPACKET socketpair; see WatchdogLink for the messages.
+It speaks newline-delimited JSON over a socketpair; see WatchdogLink for the messages.
 """
 
 from __future__ import annotations
@@ -67,10 +67,13 @@ class Watchdog:
     def serve(self) -> None:
         for s in IGNORED:
             signal.signal(s, signal.SIG_IGN)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w)
         supervisor.become_subreaper()
+        buffered = b""
         while True:
             timeout = self._next_timeout()
             ready, _, _ = select.select([self.sock, wake_r], [], [], timeout)
@@ -79,14 +82,17 @@ class Watchdog:
             self._reap()
             if self.sock in ready:
                 try:
-                    data = self.sock.recv(1 << 20)
+                    data = self.sock.recv(1 << 16)
                 except ConnectionResetError:
                     data = b""
                 if not data:
                     self._elector_gone()
                     return
-                if self._handle(json.loads(data)) == "quit":
-                    return
+                buffered += data
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    if self._handle(json.loads(line)) == "quit":
+                        return
             self._check_timers()
 
     def _next_timeout(self) -> float | None:
@@ -252,7 +258,7 @@ class Watchdog:
 
     def _send(self, **msg) -> None:
         try:
-            self.sock.send(json.dumps(msg).encode())
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
         except OSError:
             pass  # the elector is gone; the next recv tells us
 
@@ -281,7 +287,7 @@ class WatchdogLink:
     @classmethod
     def start(cls, config: Config) -> WatchdogLink:
         """Fork the watchdog. Call before any thread exists."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -298,22 +304,23 @@ class WatchdogLink:
 
     def listen(self, on_event: Callable[[dict], None]) -> None:
         def read() -> None:
-            while True:
-                try:
-                    data = self.sock.recv(1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
-                    on_event({"ev": "watchdog_lost"})
-                    return
-                on_event(json.loads(data))
+            with self.sock.makefile("rb") as stream:
+                while True:
+                    try:
+                        line = stream.readline()
+                    except OSError:
+                        line = b""
+                    if not line.endswith(b"\n"):
+                        on_event({"ev": "watchdog_lost"})
+                        return
+                    on_event(json.loads(line))
 
         threading.Thread(target=read, name="watchdog-link", daemon=True).start()
 
     def send(self, op: str, **fields) -> None:
         with self._lock:
             try:
-                self.sock.send(json.dumps({"op": op, **fields}).encode())
+                self.sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
             except OSError:
                 pass  # the reader thread reports the loss
 

@@ -1,0 +1,397 @@
+"""Helpers for bench/run.py: the timing child, `consul lock` processes, a counting proxy, /proc readers.
+
+The Consul agent and the consul-elect candidates come from tests/ (consul_servers.ConsulAgent,
+harness.Candidate, harness.read_lives, harness.pid_alive); run.py puts tests/ on sys.path.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+TESTS = REPO / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from harness import pid_alive  # noqa: E402
+
+now = time.monotonic  # CLOCK_MONOTONIC on Linux: the same clock the children stamp with
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- bounded waiting
+
+
+def poll_until(predicate, timeout: float, interval: float = 0.01):
+    """predicate()'s first truthy value, or None once `timeout` seconds passed (never raises)."""
+    end = now() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if now() >= end:
+            return None
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values, q: float):
+    """Linear interpolation between closest ranks (numpy's default); None for no values."""
+    xs = sorted(values)
+    if not xs:
+        return None
+    k = (len(xs) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+# --------------------------------------------------------------------------- the timing child
+
+
+class Child:
+    """The leader command: argv(events, name, beat_ms) -> list[str].
+
+    Prefers bench/stamp.c compiled with the system C compiler (its start record is stamped by
+    the first statement of main, about 1 ms after exec); falls back to bench/stamp.py run with
+    `python -S` (same output, but its start stamp is ~15-25 ms late: interpreter start-up).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.kind = "python"
+        self.path = str(BENCH / "stamp.py")
+        self.note = "bench/stamp.py under python -S: start stamps include ~20 ms of interpreter start-up"
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc:
+            out = workdir / "stamp"
+            try:
+                r = subprocess.run([cc, "-O2", "-o", str(out), str(BENCH / "stamp.c")], capture_output=True,
+                                   timeout=60)
+                if r.returncode == 0:
+                    self.kind, self.path = "c", str(out)
+                    self.note = "bench/stamp.c (compiled with cc): start stamped by main's first statement"
+                else:
+                    self.note += f" (cc failed: {r.stderr.decode(errors='replace').strip()[:200]})"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.note += f" (cc failed: {e})"
+
+    def argv(self, events: Path, name: str, beat_ms: int = 10) -> list[str]:
+        base = [self.path] if self.kind == "c" else [sys.executable, "-S", self.path]
+        return [*base, str(events), name, str(beat_ms)]
+
+    def owns(self, pid: int) -> bool:
+        """Is `pid` (still) one of our timing children? Guards every kill by pid against reuse."""
+        try:
+            return self.path in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+
+
+class EventTail:
+    """Incremental reader of a children's events file (format of tests/leader_child.py).
+
+    Polling with harness.read_lives would re-parse the whole file every few ms and steal CPU
+    from the processes being timed on a 2-core box; this reads only what was appended.
+    Final figures are computed with harness.read_lives.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.buf = b""
+        self.lives: dict[int, dict] = {}
+        self.by_name: dict[str, dict] = {}
+
+    def poll(self) -> EventTail:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self
+        self.offset += len(data)
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            parts = raw.decode(errors="replace").split(" ", 5)
+            if len(parts) < 5:
+                continue
+            t, pid, name, event = float(parts[0]), int(parts[1]), parts[2], parts[4]
+            life = self.lives.get(pid)
+            if life is None:
+                life = self.lives[pid] = {"pid": pid, "name": name, "start": t, "end": t, "last": event}
+                self.by_name.setdefault(name, life)
+            life["end"] = max(life["end"], t)
+            life["last"] = event
+        return self
+
+    def named(self, name: str) -> dict | None:
+        return self.poll().by_name.get(name)
+
+    def started_after(self, t: float) -> list[dict]:
+        return sorted((lf for lf in self.poll().lives.values() if lf["start"] > t), key=lambda lf: lf["start"])
+
+
+# --------------------------------------------------------------------------- `consul lock`
+
+
+class LockHolder:
+    """One `consul lock` process in its own session, with the interface of harness.Candidate.
+
+    shell=False passes -shell=false (the child is exec'd directly, as consul-elect does);
+    shell=True is consul lock's default: `$SHELL -c "<args joined>"`, with SHELL from `env`.
+    """
+
+    def __init__(self, consul_bin: str, http_addr: str, prefix: str, name: str, workdir: Path,
+                 command: list[str], shell: bool = False, env: dict | None = None) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self.argv = [consul_bin, "lock", f"-http-addr={http_addr}", f"-name={name}", "-verbose",
+                     *([] if shell else ["-shell=false"]), prefix, *command]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+        self.env.update(env or {})
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> LockHolder:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env, start_new_session=True, cwd=REPO)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def send_signal(self, signo: int) -> None:
+        os.kill(self.proc.pid, signo)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cleanup(self) -> None:
+        """SIGKILL the whole group (consul lock and any child it left there, even after it died)."""
+        if self.proc is None:
+            return
+        for signo in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                os.killpg(self.proc.pid, signo)  # the group id cannot be reused while members live
+            except OSError:
+                pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._log:
+            self._log.close()
+
+
+# --------------------------------------------------------------------------- counting proxy
+
+
+class CountingProxy:
+    """An HTTP proxy in front of a Consul agent that records every request (after tests/slow_proxy.py).
+
+    `requests` holds (arrival time.monotonic(), method, path without query). Blocking queries are
+    held in their own thread for as long as Consul holds them.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.requests: list[tuple[float, str, str]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self):
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else None
+
+            def _forward(self):
+                proxy.requests.append((now(), self.command, self.path.split("?", 1)[0]))
+                body = self._body()
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "transfer-encoding", "content-length")}
+                if body is not None:
+                    headers["Content-Length"] = str(len(body))
+                try:
+                    conn = http.client.HTTPConnection(proxy.upstream, timeout=700)
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    conn.close()
+                except OSError:
+                    self.close_connection = True
+                    try:
+                        self.send_error(502)
+                    except OSError:
+                        pass
+                    return
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_DELETE = do_POST = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> CountingProxy:
+        self._thread.start()
+        return self
+
+    def between(self, t0: float, t1: float) -> list[tuple[float, str, str]]:
+        return [r for r in list(self.requests) if t0 <= r[0] < t1]
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+
+
+def classify(method: str, path: str) -> str:
+    if path.startswith("/v1/session/renew/"):
+        return "session renew"
+    if path.startswith("/v1/kv/"):
+        return f"kv {method}"
+    if path.startswith("/v1/session/"):
+        return f"session {path.split('/')[3]}"
+    return f"{method} {path}"
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _status_field(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def pss_kb(pid: int) -> int | None:
+    return _status_field(pid, "Pss")
+
+
+def rss_kb(pid: int) -> int | None:
+    return _status_field(pid, "Rss")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of the whole process (all threads), in seconds (resolution 1/CLK_TCK)."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except OSError:
+        return None
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of every thread of `pid`."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            found += [int(k) for k in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            pass
+    return sorted(set(found))
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def machine(consul_bin: str) -> dict:
+    try:
+        version = subprocess.run([consul_bin, "version"], capture_output=True, text=True, timeout=20).stdout
+        consul_version = version.splitlines()[0].strip() if version else "?"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        consul_version = f"? ({e})"
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        rev = "?"
+    try:
+        from consul_elect import __version__ as ce_version
+    except Exception:  # noqa: BLE001 - informational only
+        ce_version = "?"
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "consul": consul_version,
+        "consul_elect": f"{ce_version} ({rev})",
+        "loadavg_at_start": os.getloadavg(),
+        "sh": os.path.realpath("/bin/sh"),
+    }
+
+
+def kill_owned(child: Child, pids) -> list[int]:
+    """SIGKILL each pid (and its group) that is still one of our timing children; returns those killed."""
+    killed = []
+    for pid in pids:
+        if pid_alive(pid) and child.owns(pid):
+            for fn in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                try:
+                    fn()
+                except OSError:
+                    pass
+            killed.append(pid)
+    return killed
