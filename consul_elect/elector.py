@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from . import __version__, clock
 from . import config as defaults
+from .blocking import BlockingQueryLoop
 from .config import Config
 from .consul_api import ConsulClient, KeyState
 from .errors import ConsulError, SessionGone
@@ -110,42 +111,17 @@ class SessionKeeper(threading.Thread):
                 self.post(("renewed", self.session, sent_at, clock.now() - sent_at))
 
 
-class KeyWatcher(threading.Thread):
+class KeyWatcher(BlockingQueryLoop):
     """Follows the key; posts ("key", KeyState | None, index) on each change and ("watch_failed", error)."""
 
     def __init__(self, config: Config, post: Post) -> None:
-        super().__init__(name="key-watcher", daemon=True)
-        self.client = ConsulClient(config.connection)
-        self.key = config.key
-        self.post = post
-        self.stopped = threading.Event()
+        self._last: KeyState | None | str = "unknown"
+        self._post = post
+        super().__init__("key-watcher", config.connection,
+                         lambda client, index: client.read_key(config.key, index=index, wait=defaults.WATCH_WAIT),
+                         self._answer, lambda e: post(("watch_failed", e)))
 
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def run(self) -> None:
-        index = 0
-        last: KeyState | None | str = "unknown"
-        backoff = defaults.RECONNECT_BACKOFF_MIN
-        while not self.stopped.is_set():
-            try:
-                new_index, state = self.client.read_key(self.key, index=index, wait=defaults.WATCH_WAIT)
-            except ConsulError as e:
-                self.post(("watch_failed", e))
-                # Never spin on an error: back off, and start over from a plain read.
-                self.stopped.wait(backoff)
-                backoff = min(backoff * 2, defaults.RECONNECT_BACKOFF_MAX)
-                index = 0
-                continue
-            backoff = defaults.RECONNECT_BACKOFF_MIN
-            if new_index < index:
-                # An index that goes backwards (snapshot restore) means start over, after a
-                # pause: a loop of index-0 reads would not block at all.
-                index = 0
-                self.stopped.wait(defaults.RECONNECT_BACKOFF_MIN)
-            else:
-                index = new_index
-            if state != last:
-                last = state
-                if not self.stopped.is_set():
-                    self.post(("key", state, index))
+    def _answer(self, index: int, state: KeyState | None) -> None:
+        if state != self._last:
+            self._last = state
+            self._post(("key", state, index))

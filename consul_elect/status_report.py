@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from . import config as defaults
+from .blocking import BlockingQueryLoop
 from .config import Connection
 from .consul_api import ConsulClient, KeyState
 from .elector import parse_identity, session_name
@@ -104,10 +104,14 @@ def watch_status(connection: Connection, key: str) -> Iterator[StatusReport | Co
     the key turning out not to be ours) end the watch. Close the generator to stop the queries.
     """
     events: queue.SimpleQueue = queue.SimpleQueue()
+    def follow(source: str, query) -> BlockingQueryLoop:
+        return BlockingQueryLoop(f"status-{source}", connection, query,
+                                 lambda _index, result: events.put((source, result)),
+                                 lambda error: events.put((source, error)))
+
     followers = [
-        _Follower("key", connection, lambda c, i: c.read_key(key, index=i, wait=defaults.WATCH_WAIT), events.put),
-        _Follower("sessions", connection, lambda c, i: c.list_sessions(index=i, wait=defaults.WATCH_WAIT),
-                  events.put),
+        follow("key", lambda c, i: c.read_key(key, index=i, wait=defaults.WATCH_WAIT)),
+        follow("sessions", lambda c, i: c.list_sessions(index=i, wait=defaults.WATCH_WAIT)),
     ]
     latest: dict = {}
     shown: StatusReport | None = None
@@ -138,41 +142,6 @@ def watch_status(connection: Connection, key: str) -> Iterator[StatusReport | Co
     finally:
         for follower in followers:
             follower.stop()
-
-
-class _Follower(threading.Thread):
-    """Repeats one blocking query; posts (source, result) for each answer, (source, error) for each failure."""
-
-    def __init__(self, source: str, connection: Connection, query: Callable[[ConsulClient, int], tuple[int, object]],
-                 post: Callable[[tuple], None]) -> None:
-        super().__init__(name=f"status-{source}", daemon=True)
-        self.source = source
-        self.client = ConsulClient(connection)
-        self.query = query
-        self.post = post
-        self.stopped = threading.Event()
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def run(self) -> None:
-        index = 0
-        backoff = defaults.RECONNECT_BACKOFF_MIN
-        while not self.stopped.is_set():
-            try:
-                new_index, result = self.query(self.client, index)
-            except ConsulError as e:
-                self.post((self.source, e))
-                # Never spin on an error: back off, and start over from a plain read.
-                self.stopped.wait(backoff)
-                backoff = min(backoff * 2, defaults.RECONNECT_BACKOFF_MAX)
-                index = 0
-                continue
-            backoff = defaults.RECONNECT_BACKOFF_MIN
-            # An index that goes backwards (snapshot restore, rebuilt servers) means start over.
-            index = new_index if new_index >= index else 0
-            if not self.stopped.is_set():
-                self.post((self.source, result))
 
 
 def render(report: StatusReport):
