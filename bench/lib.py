@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -259,18 +260,26 @@ class CountingProxy:
                     except OSError:
                         pass
                     return
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "connection", "transfer-encoding", "date"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in ("content-length", "connection", "transfer-encoding", "date"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client went away (killed at the end of a figure)
+                    self.close_connection = True
 
             do_GET = do_PUT = do_DELETE = do_POST = _forward
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client killed mid-request is part of the benchmark, not news
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -300,22 +309,69 @@ def classify(method: str, path: str) -> str:
 # --------------------------------------------------------------------------- /proc
 
 
-def _status_field(pid: int, field: str) -> int | None:
+def memory_kb(pid: int) -> dict | None:
+    """Pss, Rss and Uss (Private_Clean + Private_Dirty) of a process from /proc/PID/smaps_rollup, in kB.
+
+    Pss splits each shared page among the processes mapping it, so it depends on what else runs:
+    the consul binary's text is shared with every consul agent on the machine, the Python
+    interpreter's with every process of the same python.
+    """
+    fields = {}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                fields[parts[0][:-1]] = int(parts[1])
+    except OSError:
         return None
-    return None
+    return {"pss": fields.get("Pss"), "rss": fields.get("Rss"),
+            "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
 
 
-def pss_kb(pid: int) -> int | None:
-    return _status_field(pid, "Pss")
+def resident_union_kb(pids) -> int | None:
+    """Size of the union of the physical pages resident in `pids` (from /proc/PID/pagemap).
+
+    That is what the processes cost together on a host where nothing else maps their files:
+    their PSS sum if they were alone. Needs CAP_SYS_ADMIN to see page frame numbers (None
+    otherwise). Pages are counted at the base page size.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
+    frames: set[int] = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm:
+                for line in maps:
+                    lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                    if line.rstrip().endswith("[vsyscall]"):
+                        continue
+                    pm.seek(lo // page * 8)
+                    data = pm.read((hi - lo) // page * 8)
+                    for (entry,) in struct.iter_unpack("<Q", data):
+                        if entry >> 63:  # present
+                            pfn = entry & ((1 << 55) - 1)
+                            if pfn == 0:
+                                return None  # frame numbers hidden from us
+                            frames.add(pfn)
+        except (OSError, ValueError):
+            return None
+    return len(frames) * page // 1024
 
 
-def rss_kb(pid: int) -> int | None:
-    return _status_field(pid, "Rss")
+def sharing_exe(pid: int) -> int:
+    """How many processes on the machine run the same executable as `pid` (itself included)."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return 0
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                count += os.readlink(f"/proc/{entry}/exe") == exe
+            except OSError:
+                pass
+    return count
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -22,6 +22,7 @@ import collections
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lib  # noqa: E402  (puts tests/ on sys.path)
 from lib import (  # noqa: E402
     Child, CountingProxy, EventTail, LockHolder, children, classify, cpu_seconds, kill_owned, now, percentile,
-    poll_until, pss_kb, rss_kb,
+    memory_kb, poll_until, resident_union_kb, sharing_exe,
 )
 
 from consul_servers import ConsulAgent, kill_all_tracked  # noqa: E402
@@ -258,6 +259,7 @@ def fig_handover(b: Bench, tool: Tool, reps: int, tag: str) -> dict:
         s["gap_s"] = new.start - old.end                  # old child's last record -> new child's start
         s["from_sigterm_s"] = new.start - s.pop("t_sigterm")
     clean = [s["gap_s"] for s in samples if not s["old_survived"] and s["gap_s"] >= 0]
+    phases = elect_phases(wd, names, samples, lives) if tool.is_elect else None
     return {
         "flags": tool.describe(),
         "n": len(samples),
@@ -268,8 +270,45 @@ def fig_handover(b: Bench, tool: Tool, reps: int, tag: str) -> dict:
         "from_sigterm_median_s": percentile([s["from_sigterm_s"] for s in samples], 0.5),
         "old_child_survived": sum(s["old_survived"] for s in samples),
         "overlaps": sum(s["gap_s"] < 0 for s in samples),
+        "phases_median_s": phases,
         "samples": samples,
     }
+
+
+# Wall-clock minus CLOCK_MONOTONIC, to place consul-elect's log lines (local wall time, ms,
+# truncated) on the children's clock for a rough per-phase breakdown (+-1 ms).
+WALL_OFFSET = time.time() - now()
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) consul-elect\[\d+\] \w+ (.*)$")
+
+
+def log_times(path: Path, prefix: str) -> list[float]:
+    """CLOCK_MONOTONIC estimates of the consul-elect log lines whose message starts with `prefix`."""
+    out = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        m = LOG_LINE.match(line)
+        if m and m.group(2).startswith(prefix):
+            out.append(datetime.datetime.fromisoformat(m.group(1)).timestamp() - WALL_OFFSET)
+    return out
+
+
+def elect_phases(wd: Path, names: list[str], samples: list[dict], lives: dict) -> dict | None:
+    """Median split of a consul-elect handover: old child's stop -> old wrapper logs "released"
+    -> new wrapper logs "elected leader" -> new child's start record."""
+    parts = collections.defaultdict(list)
+    for i, s in enumerate(samples):
+        released = log_times(wd / f"{names[i]}.log", "released ")
+        elected = log_times(wd / f"{names[i + 1]}.log", "elected leader ")
+        if not released or not elected:
+            continue
+        old, new = lives[s["old_pid"]], lives[s["new_pid"]]
+        parts["stop -> released"].append(released[-1] - old.end)
+        parts["released -> elected"].append(elected[-1] - released[-1])
+        parts["elected -> child start"].append(new.start - elected[-1])
+    return {k: percentile(v, 0.5) for k, v in parts.items()} or None
 
 
 # --------------------------------------------------------------------------- 2. idle cost
@@ -303,13 +342,19 @@ def fig_idle(b: Bench, window: float) -> dict:
         for tool, group in pids.items():
             reqs = proxies[tool].between(t0, t1)
             cpu = sum((cpu1[p] or 0) - (cpu0[p] or 0) for p in group.values())
-            pss = {label: pss_kb(p) for label, p in group.items()}
+            mem = {label: memory_kb(p) or {} for label, p in group.items()}
+            pss = {label: m.get("pss") for label, m in mem.items()}
             out[tool] = {
                 "flags": (ce_tool if tool == CE else cl_tool).describe(),
                 "window_s": t1 - t0,
                 "pss_kb": pss,
                 "pss_total_kb": sum(v or 0 for v in pss.values()),
-                "rss_kb": {label: rss_kb(p) for label, p in group.items()},
+                "rss_kb": {label: m.get("rss") for label, m in mem.items()},
+                "uss_kb": {label: m.get("uss") for label, m in mem.items()},
+                "rss_total_kb": sum(m.get("rss") or 0 for m in mem.values()),
+                "uss_total_kb": sum(m.get("uss") or 0 for m in mem.values()),
+                "alone_kb": resident_union_kb(group.values()),
+                "processes_running_same_executable": sharing_exe(next(iter(group.values()))),
                 "cpu_s": cpu,
                 "cpu_percent_of_one_core": 100 * cpu / (t1 - t0),
                 "requests": len(reqs),
@@ -569,10 +614,19 @@ def table(results: dict, meta: dict) -> list[tuple[str, str, str]]:
         ce_key=CE + " --shell", cl_key=CL + " -shell")
     row("  SIGTERM -> new child start, median", "handover", lambda r: ms(r["from_sigterm_median_s"]),
         lambda r: ms(r["from_sigterm_median_s"]))
+    row("  split: stop>released>elected>child start", "handover",
+        lambda r: " / ".join(f"{v * 1e3:.1f}" for v in r["phases_median_s"].values()) + " ms",
+        lambda r: "-")
     window = results.get("idle", {}).get(CE, {}).get("window_s")
     row("idle PSS, child excluded", "idle",
         lambda r: f"{r['pss_total_kb'] / 1024:.1f} MB (" + " + ".join(f"{(v or 0) / 1024:.1f}" for v in r["pss_kb"].values()) + ")",
         lambda r: f"{r['pss_total_kb'] / 1024:.1f} MB")
+    row("  RSS / USS (private pages)", "idle",
+        lambda r: f"{r['rss_total_kb'] / 1024:.1f} / {r['uss_total_kb'] / 1024:.1f} MB",
+        lambda r: f"{r['rss_total_kb'] / 1024:.1f} / {r['uss_total_kb'] / 1024:.1f} MB")
+    row("  footprint alone (union of resident pages)", "idle",
+        lambda r: "-" if r["alone_kb"] is None else f"{r['alone_kb'] / 1024:.1f} MB",
+        lambda r: "-" if r["alone_kb"] is None else f"{r['alone_kb'] / 1024:.1f} MB")
     row(f"idle CPU over {window or 0:.0f} s", "idle",
         lambda r: f"{r['cpu_s'] * 1e3:.0f} ms ({r['cpu_percent_of_one_core']:.2f} %)",
         lambda r: f"{r['cpu_s'] * 1e3:.0f} ms ({r['cpu_percent_of_one_core']:.2f} %)")
