@@ -19,7 +19,7 @@ from .config import Config
 from .consul_api import ConsulClient, KeyState
 from .elector import Identity, KeyWatcher, SessionKeeper, parse_identity, session_name, utc_now_iso
 from .errors import (
-    ConsulError, ConsulUnavailable, LeadershipLost, LeadershipTimeout, SessionGone, WatchdogFailed,
+    ConsulError, ConsulUnavailable, LeadershipLost, LeadershipTimeout, NotAnElectKey, SessionGone, WatchdogFailed,
 )
 from .state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN, ElectionState
 from .status_server import StatusServer
@@ -59,6 +59,8 @@ class Election:
         self.fencing_token: int | None = None
         self.child_pid: int | None = None
         self.child_alive = False
+        self.ended_sessions: list[str] = []
+        self.key_checked = False
         self.shutdown_signal: int | None = None
         self.reached_consul = False
         self.watchdog: WatchdogLink | None = None
@@ -135,6 +137,8 @@ class Election:
                     raise ConsulUnavailable(f"{last_error} (gave up after {now - started:.0f}s)")
                 raise LeadershipTimeout(f"not elected leader of {self.config.key} within {now - started:.1f}s")
             try:
+                if not self.key_checked:
+                    self._refuse_foreign_key()
                 if self.session is None and now >= retry_at:
                     self._open_session()
                     acquire_at = now
@@ -174,6 +178,15 @@ class Election:
             else:
                 self._handle_common(event)
 
+    def _refuse_foreign_key(self) -> None:
+        """Never take over a key that holds another tool's data: releasing it would wipe that data."""
+        _, kv = self.client.read_key(self.config.key, consistent=False)
+        self._consul_reached()
+        if kv is not None and kv.value and parse_identity(kv.value) is None:
+            raise NotAnElectKey(f"refusing to campaign on {self.config.key}: it holds {len(kv.value)} bytes that are "
+                                "not a consul-elect identity (another tool's data?); use another key")
+        self.key_checked = True
+
     def _open_session(self) -> None:
         self.session = self.client.create_session(
             session_name(self.config.key, self.config.name), self.config.ttl, self.config.lock_delay
@@ -191,26 +204,24 @@ class Election:
     def _try_acquire(self) -> bool:
         value = self.identity.to_value(self.session, since=utc_now_iso())
         sent_at = clock.now()
-        if not self.client.acquire(self.config.key, self.session, value):
-            self._consul_reached()
+        token = self.client.acquire(self.config.key, self.session, value)
+        self._consul_reached()
+        if token is None:
             return False
-        # The fencing token is the key's ModifyIndex right after our acquire: a Raft index, so
-        # it grows strictly from one leader to the next (LockIndex restarts with a new key).
-        _, held = self.client.read_key(self.config.key, consistent=True)
-        if held is None or held.session != self.session:
-            log.warning("acquired %s but lost it before confirming; campaigning on", self.config.key)
-            return False
-        self.key_state = held
         self.deadline = sent_at + self.config.lease_window
-        self.fencing_token = held.modify_index
+        self.fencing_token = token
         self.watchdog.send("lease", deadline=self.deadline)
-        self.keeper.renew_now()
+        # The lease counts from when the acquire was sent; if Consul took long to answer
+        # (a stall, a new Raft leader), most of it is gone: get a fresh proof at once.
+        self.keeper.reschedule(renew_now=clock.now() - sent_at > self.config.renew_interval)
         return True
 
     def _observe_key(self, kv: KeyState | None) -> None:
         """Follow who leads while we do not (the leader's own loop judges key changes itself)."""
         self.key_state = kv
-        if kv is None or kv.session is None:
+        # A session of ours that we could not release (Consul was down) leads nobody: it only
+        # blocks the key until Consul expires it.
+        if kv is None or kv.session is None or kv.session in self.ended_sessions:
             self.state.update(leader=None, state=CAMPAIGNING)
         elif kv.session != self.session:
             holder = parse_identity(kv.value) or {}
@@ -224,10 +235,10 @@ class Election:
     def _lead(self) -> int | None:
         """Run the child while leader. Return an exit code to leave, or None to campaign again."""
         token = self.fencing_token
+        self.watchdog.send("spawn", env=self._child_env(token))
         log.info("elected leader of %s (fencing token %d)", self.config.key, token)
         self._set_state(LEADER, fencing_token=token, lease_deadline=self.deadline,
-                        leader={"name": self.config.name, "session": self.session})
-        self.watchdog.send("spawn", env=self._child_env(token))
+                        leader={**self.identity.as_dict(), "session": self.session})
         started = self._wait_for("spawned", "spawn_failed")
         if started[0] == "spawn_failed":
             log.error("%s", started[1]["error"])
@@ -253,13 +264,7 @@ class Election:
             if event is None:
                 continue
             kind = event[0]
-            if kind == "renewed" and event[1] == self.session:
-                self._consul_reached()
-                self.state.renewed(event[3])
-                self.deadline = max(self.deadline, event[2] + self.config.lease_window)
-                self.watchdog.send("lease", deadline=self.deadline)
-                self.state.update(lease_deadline=self.deadline)
-            elif kind == "key":
+            if kind == "key":
                 kv, index = event[1], event[2]
                 if index < self.fencing_token:
                     continue  # posted before our acquire: history, not news
@@ -317,6 +322,8 @@ class Election:
                 continue
             if event[0] == "exited" and event[1]["pid"] == self.child_pid:
                 self.child_alive = False
+                if event[1]["killed"]:
+                    log.warning("the child did not stop within the grace period: killed with SIGKILL")
                 return event[1]
             if event[0] == "signal" and event[1] in SHUTDOWN_SIGNALS:
                 log.warning("second %s: killing the child now", signal.Signals(event[1]).name)
@@ -353,6 +360,8 @@ class Election:
         session = self.session
         if session is None:
             return
+        self.ended_sessions.append(session)
+        del self.ended_sessions[:-8]
         self._drop_session()
         try:
             if self.client.release(self.config.key, session, timeout=defaults.REQUEST_TIMEOUT):
@@ -409,6 +418,11 @@ class Election:
         elif kind == "renewed":
             self._consul_reached()
             self.state.renewed(event[3])
+            if event[1] == self.session and self.deadline is not None:
+                # Whatever the loop is waiting for (a spawn, a stop), a proof of life counts.
+                self.deadline = max(self.deadline, event[2] + self.config.lease_window)
+                self.watchdog.send("lease", deadline=self.deadline)
+                self.state.update(lease_deadline=self.deadline)
         elif kind in ("renew_failed", "watch_failed"):
             self._consul_failed(event[-1])
         elif kind == "watchdog_lost":

@@ -125,7 +125,8 @@ def setup_logging(verbose: int, quiet: int) -> None:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
+                                               log_time_format="%H:%M:%S.%f")
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -160,7 +161,7 @@ def cli():
 @click.option("--shell", envvar="CONSUL_ELECT_SHELL", show_envvar=True, is_flag=True,
               help="Run the command through /bin/sh -c.")
 @click.option("--port", envvar="CONSUL_ELECT_PORT", show_envvar=True, type=int, default=None,
-              help="Serve /status, /health, /leader and /metrics on this port.")
+              help="Serve /status, /health, /leader and /metrics on this port (0: any free port, logged).")
 @click.option("--bind", envvar="CONSUL_ELECT_BIND", show_envvar=True, default="0.0.0.0", show_default=True,
               help="Address the status server binds.")
 @connection_options
@@ -181,7 +182,7 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, b
 
     setup_logging(verbose, quiet)
     config = Config(
-        key=key, command=tuple(command), name=name or socket.gethostname(), ttl=ttl, lock_delay=lock_delay,
+        key=key, command=tuple(command), name=socket.gethostname() if name is None else name, ttl=ttl, lock_delay=lock_delay,
         grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
         connection=build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name),
     )

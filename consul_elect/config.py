@@ -116,6 +116,8 @@ def validate_key(key: str) -> str:
         raise UsageError(
             f"invalid key {key!r}: use a path like svc/leader (no leading or trailing '/', no '//', no spaces)"
         )
+    if any(part in (".", "..") for part in key.split("/")):
+        raise UsageError(f"invalid key {key!r}: '.' and '..' segments are not allowed (Consul rewrites or rejects them)")
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise UsageError(f"invalid key {key!r}: control characters are not allowed")
     return key
@@ -142,14 +144,14 @@ class Config:
             raise UsageError("missing command: put it after --, e.g. consul-elect run --key svc/leader -- mycmd")
         if not self.name.strip():
             raise UsageError("--name must not be empty")
-        if not 0 < self.ttl <= 86400:
+        if not 1 <= self.ttl <= 86400:
             raise UsageError(f"--ttl must be between 1s and 24h (Consul's limits), got {self.ttl:g}s")
         if not 0 <= self.lock_delay <= 60:
             raise UsageError(f"--lock-delay must be between 0s and 60s (Consul's limits), got {self.lock_delay:g}s")
         if self.lease_window <= 0:
             raise UsageError(
                 f"no safe lease: min(ttl {self.ttl:g}s, lock-delay {self.lock_delay:g}s) x {1 - CLOCK_RATE_ERROR:g}"
-                f" - {SCHEDULING_SLACK:g}s slack = {self.lease_window:.2f}s; raise --lock-delay (at least 1s)"
+                f" - {SCHEDULING_SLACK:g}s slack = {self.lease_window:.2f}s; raise {self._binding_limit}"
             )
         if self.grace + RENEWS_PER_WINDOW * MIN_RENEW_INTERVAL > self.lease_window:
             raise UsageError(
@@ -157,12 +159,17 @@ class Config:
                 f"min(ttl {self.ttl:g}s, lock-delay {self.lock_delay:g}s) x {1 - CLOCK_RATE_ERROR:g} - "
                 f"{SCHEDULING_SLACK:g}s = {self.lease_window:.2f}s, and {self.grace:g}s grace + "
                 f"{RENEWS_PER_WINDOW} renewals x {MIN_RENEW_INTERVAL:g}s does not fit; lower --grace or raise "
-                f"--lock-delay/--ttl"
+                f"{self._binding_limit}"
             )
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError("--timeout must be greater than 0")
         if self.status_port is not None and not 0 <= self.status_port < 65536:
             raise UsageError(f"--port must be between 0 and 65535, got {self.status_port}")
+
+    @property
+    def _binding_limit(self) -> str:
+        """The flag that sets the lease window, for advice in error messages."""
+        return "--ttl" if self.ttl < self.lock_delay else "--lock-delay"
 
     @property
     def lease_window(self) -> float:

@@ -52,6 +52,9 @@ class Identity:
     def of_this_process(cls, config: Config, status_address: str | None) -> Identity:
         return cls(config.name, socket.gethostname(), os.getpid(), utc_now_iso(), __version__, status_address)
 
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
     def to_value(self, session: str, since: str) -> bytes:
         doc = {"consul_elect": 1, **dataclasses.asdict(self), "session": session, "since": since}
         return json.dumps(doc, sort_keys=True).encode()
@@ -79,21 +82,27 @@ class SessionKeeper(threading.Thread):
         self.interval = interval
         self.stopped = threading.Event()
         self._wake = threading.Event()
+        self._renew_now = False
 
     def stop(self) -> None:
         self.stopped.set()
         self._wake.set()
 
-    def renew_now(self) -> None:
-        """Renew at once: a new leader must not wait out the slower follower interval."""
+    def reschedule(self, renew_now: bool = False) -> None:
+        """Start a new wait with the current interval, or renew at once: a new leader must not
+        wait out the slower follower interval, and one whose acquire was slow needs a fresh proof."""
+        self._renew_now = renew_now
         self._wake.set()
 
     def run(self) -> None:
         while True:
-            self._wake.wait(self.interval())
-            self._wake.clear()
-            if self.stopped.is_set():
-                return
+            if self._wake.wait(self.interval()):
+                self._wake.clear()
+                if self.stopped.is_set():
+                    return
+                if not self._renew_now:
+                    continue
+                self._renew_now = False
             interval = self.interval()
             sent_at = clock.now()
             try:

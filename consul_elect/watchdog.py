@@ -60,6 +60,8 @@ class Watchdog:
         self.kill_at: float | None = None      # when a graceful stop turns into SIGKILL
         self.reason: str | None = None
         self.killed = False
+        self.argv = ["/bin/sh", "-c", " ".join(config.command)] if config.shell else list(config.command)
+        self.prepared: supervisor.PreparedChild | None = None
         self.lease_file: str | None = None
 
     # -- main loop -------------------------------------------------------------------------
@@ -73,6 +75,20 @@ class Watchdog:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w)
         supervisor.become_subreaper()
+        self.lease_file = os.path.join(tempfile.mkdtemp(prefix="consul-elect-"), "lease-deadline")
+        self.prepared = supervisor.PreparedChild(self.argv)
+        try:
+            self._loop(wake_r)
+        finally:
+            if self.prepared is not None:
+                self.prepared.cancel()
+            self._remove_lease_file()
+            try:
+                os.rmdir(os.path.dirname(self.lease_file))
+            except OSError:
+                pass
+
+    def _loop(self, wake_r: int) -> None:
         buffered = b""
         while True:
             timeout = self._next_timeout()
@@ -129,17 +145,20 @@ class Watchdog:
         if self.deadline is None or clock.now() >= self.deadline:
             self._send(ev="spawn_failed", code=supervisor.EXIT_NOT_EXECUTABLE, error="lease already expired")
             return
-        argv = ["/bin/sh", "-c", " ".join(self.config.command)] if self.config.shell else list(self.config.command)
-        env = dict(os.environ)
-        env.update(extra_env)
-        self.lease_file = os.path.join(tempfile.mkdtemp(prefix="consul-elect-"), "lease-deadline")
         self._write_lease_file()
-        env["CONSUL_ELECT_LEASE_FILE"] = self.lease_file
+        extra_env = {**extra_env, "CONSUL_ELECT_LEASE_FILE": self.lease_file}
         try:
-            pid = supervisor.spawn(argv, env)
+            try:
+                pid = self.prepared.launch(extra_env)
+            except BrokenPipeError:  # the prepared process was killed meanwhile: start afresh
+                self.prepared = supervisor.PreparedChild(self.argv)
+                pid = self.prepared.launch(extra_env)
         except OSError as e:
-            self._send(ev="spawn_failed", code=supervisor.spawn_error_exit_code(e), error=f"{argv[0]}: {e.strerror}")
+            self.prepared = supervisor.PreparedChild(self.argv)
+            self._send(ev="spawn_failed", code=supervisor.spawn_error_exit_code(e),
+                       error=f"{self.argv[0]}: {e.strerror}")
             return
+        self.prepared = None
         self.child, self.pgid, self.status, self.kill_at, self.reason, self.killed = pid, pid, None, None, None, False
         self._send(ev="spawned", pid=pid)
 
@@ -148,10 +167,15 @@ class Watchdog:
             return  # it already exited, and that was reported
         if self.reason is None:
             self.reason = reason
+        kill_at = clock.now() + grace
+        if self.deadline is not None:
+            kill_at = min(kill_at, self.deadline)
         if self.kill_at is None:
             supervisor.signal_group(self.pgid, signal.SIGTERM)
-            kill_at = clock.now() + grace
-            self.kill_at = min(kill_at, self.deadline) if self.deadline is not None else kill_at
+            # A stopped (SIGTSTP) child cannot act on SIGTERM until it is continued.
+            supervisor.signal_group(self.pgid, signal.SIGCONT)
+        # A second stop order (a second Ctrl-C) can only bring the SIGKILL closer.
+        self.kill_at = kill_at if self.kill_at is None else min(self.kill_at, kill_at)
 
     def _kill_now(self) -> None:
         if self.pgid is not None:
@@ -206,33 +230,32 @@ class Watchdog:
             select.select([], [], [], GROUP_POLL / 2)
 
     def _finish(self) -> None:
-        self._send(ev="exited", pid=self.pgid, status=self.status, reason=self.reason)
+        self._send(ev="exited", pid=self.pgid, status=self.status, reason=self.reason, killed=self.killed)
         self.pgid = self.child = self.kill_at = None
         self.killed = False
         self._remove_lease_file()
+        self.prepared = supervisor.PreparedChild(self.argv)
 
     def _write_lease_file(self) -> None:
         # The child may check the deadline itself; rename makes each update atomic for readers.
-        if self.lease_file is None or self.deadline is None:
+        # A courtesy only: a tmp cleaner that removed the folder must not cost the lease.
+        if self.deadline is None:
             return
         tmp = self.lease_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{self.deadline:.3f}\n")
-        os.replace(tmp, self.lease_file)
+        try:
+            os.makedirs(os.path.dirname(self.lease_file), mode=0o700, exist_ok=True)
+            with open(tmp, "w") as f:
+                f.write(f"{self.deadline:.3f}\n")
+            os.replace(tmp, self.lease_file)
+        except OSError as e:
+            log.warning("cannot write the lease file %s: %s", self.lease_file, e)
 
     def _remove_lease_file(self) -> None:
-        if self.lease_file is None:
-            return
         for path in (self.lease_file, self.lease_file + ".tmp"):
             try:
                 os.unlink(path)
-            except FileNotFoundError:
+            except OSError:
                 pass
-        try:
-            os.rmdir(os.path.dirname(self.lease_file))
-        except OSError:
-            pass
-        self.lease_file = None
 
     # -- Consul clean-up on the elector's behalf -------------------------------------------
 

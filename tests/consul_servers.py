@@ -288,8 +288,9 @@ class ConsulAgent:
     """
 
     def __init__(self, consul_bin, base_dir=None, host="127.0.0.1", acl=False,
-                 master_token=None, node_name=None, start_timeout=20.0):
+                 master_token=None, node_name=None, start_timeout=20.0, session_ttl_min="1s"):
         self.consul_bin = consul_bin
+        self.session_ttl_min = session_ttl_min
         self.host = host
         self.acl = acl
         self.master_token = (master_token or str(uuid.uuid4())) if acl else None
@@ -340,7 +341,7 @@ class ConsulAgent:
             f"-http-port={p['http']}", f"-dns-port={p['dns']}",
             f"-serf-lan-port={p['serf_lan']}", f"-serf-wan-port={p['serf_wan']}",
             f"-server-port={p['server']}", "-grpc-port=-1",
-            *_hcl('session_ttl_min = "1s"', "disable_update_check = true"),
+            *_hcl(f'session_ttl_min = "{self.session_ttl_min}"', "disable_update_check = true"),
         ]
         if self.acl:
             t = self.master_token

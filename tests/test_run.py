@@ -225,6 +225,11 @@ def test_acl_token_with_write_permission_leads(acl_agent, candidates, tmp_path):
     (["run", "--key", "svc/x", "--grace", "9s", "--", "true"], "5.69s"),
     (["run", "--key", "svc/x", "--bogus", "--", "true"], "No such option"),
     (["run", "--key", "svc/x", "--http-addr", "ftp://h:1", "--", "true"], "scheme"),
+    (["run", "--key", "../x", "--", "true"], "'..' segments"),
+    (["run", "--key", "svc/.", "--", "true"], "'..' segments"),
+    (["run", "--key", "svc/x", "--ttl", "500ms", "--", "true"], "--ttl must be between 1s and 24h"),
+    (["run", "--key", "svc/x", "--ttl", "1e3", "--", "true"], "--ttl"),
+    (["run", "--key", "svc/x", "--ttl", "1s", "--", "true"], "raise --ttl"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(args, message):
     p = subprocess.run([sys.executable, "-m", "consul_elect", *args], capture_output=True, text=True, timeout=30,
@@ -235,10 +240,16 @@ def test_bad_input_gets_one_line_and_exit_2(args, message):
     assert "Traceback" not in p.stderr
 
 
-def test_ttl_below_the_servers_minimum_is_a_usage_error(consul_agent, candidates):
-    c = candidates(consul_agent.http_addr, "svc/ttl", "a", options=["--ttl", "900ms", "--lock-delay", "2s",
-                                                                     "--grace", "0.1s"])
-    assert c.wait(15) == 2
+def test_ttl_below_the_servers_minimum_is_a_usage_error(consul_bin, tmp_path, candidates):
+    from consul_servers import ConsulAgent
+
+    agent = ConsulAgent(consul_bin, base_dir=str(tmp_path / "agent"), session_ttl_min="10s").start()
+    try:
+        c = candidates(agent.http_addr, "svc/ttl", "a", options=["--ttl", "3s", "--lock-delay", "2s",
+                                                                 "--grace", "0.5s"])
+        assert c.wait(15) == 2
+    finally:
+        agent.stop()
     assert "session_ttl_min" in c.log() and "Traceback" not in c.log()
 
 
@@ -295,3 +306,47 @@ def test_as_pid1_it_reaps_every_orphan_and_stops_on_sigterm(consul_agent, tmp_pa
             pass
         outer.wait(5)
         log.close()
+
+
+def test_second_sigterm_kills_the_child_at_once(consul_agent, candidates, tmp_path):
+    ready = tmp_path / "ready"
+    c = candidates(consul_agent.http_addr, "svc/twice", "a",
+                   options=["--ttl", "10s", "--lock-delay", "10s", "--grace", "8s"],
+                   command=["sh", "-c", f"trap '' TERM INT; touch {ready}; while :; do sleep 0.05; done"])
+    wait_for(lambda: ready.exists(), 10, what="the child")
+    c.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    c.send_signal(signal.SIGTERM)
+    assert c.wait(10) == 128 + 9
+    assert time.monotonic() - t0 < 3.0, "the second SIGTERM must not wait out the 8 s grace"
+    assert "killed with SIGKILL" in c.log()
+
+
+def test_a_stopped_child_still_gets_a_graceful_stop(consul_agent, candidates):
+    c = candidates(consul_agent.http_addr, "svc/tstp", "a")
+    first = wait_for(lambda: read_lives(candidates.events), 10, what="the child")[0]
+    c.send_signal(signal.SIGTSTP)  # forwarded: the child's group stops
+    wait_for(lambda: open(f"/proc/{first.pid}/stat").read().split(") ", 1)[1][0] == "T", 5, what="child stopped")
+    c.send_signal(signal.SIGTERM)
+    assert c.wait(10) == 0, "SIGCONT after SIGTERM lets the child run its handler and exit 0"
+    assert read_lives(candidates.events)[0].events[-1] == "stop"
+
+
+def test_a_key_holding_another_tools_data_is_refused_and_kept(consul_agent, candidates):
+    consul_agent.request("PUT", "/v1/kv/svc/config", b"db=primary")
+    c = candidates(consul_agent.http_addr, "svc/config", "a", command=["true"])
+    assert c.wait(15) == 65
+    assert "not a consul-elect identity" in c.log()
+    assert consul_agent.request("GET", "/v1/kv/svc/config?raw")[1] == b"db=primary"
+
+
+def test_removing_the_lease_file_folder_does_not_cost_the_lease(consul_agent, candidates):
+    c = candidates(consul_agent.http_addr, "svc/leasefile", "a")
+    first = wait_for(lambda: read_lives(candidates.events), 10, what="the child")[0]
+    lease_file = first.env["CONSUL_ELECT_LEASE_FILE"]
+    shutil.rmtree(os.path.dirname(lease_file))
+    wait_for(lambda: os.path.exists(lease_file), 5, what="the lease file to be written again")
+    assert float(open(lease_file).read()) > time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert c.alive() and pid_alive(first.pid)
+    assert "watchdog" not in c.log().lower() or "cannot write" in c.log()
