@@ -26,6 +26,7 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	CONSUL_BIN="$$(scripts/fetch-consul.sh)" $(PY) bench/run.py
+	CONSUL_BIN="$$(scripts/fetch-consul.sh)" $(PY) bench/status.py
 
 clean:
 	rm -rf $(VENV) tools build *.egg-info

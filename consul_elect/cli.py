@@ -186,9 +186,9 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, b
         grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
         connection=build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name),
     )
-    from .app import Election
+    from . import app
 
-    return Election(config).run()
+    return app.run(config)
 
 
 @cli.command(context_settings=CONTEXT)

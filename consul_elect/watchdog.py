@@ -14,6 +14,7 @@ It speaks newline-delimited JSON over a socketpair; see WatchdogLink for the mes
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -25,9 +26,7 @@ import threading
 from collections.abc import Callable
 
 from . import clock, supervisor
-from .config import Config
-from .consul_api import ConsulClient
-from .errors import ConsulError
+from .config import Config, Connection
 
 log = logging.getLogger("consul_elect.watchdog")
 
@@ -260,30 +259,55 @@ class Watchdog:
     # -- Consul clean-up on the elector's behalf -------------------------------------------
 
     def _release_key(self) -> None:
-        if self.session is None:
-            return
-        try:
-            ConsulClient(self.config.connection).release(self.config.key, self.session, timeout=CLEANUP_TIMEOUT)
-        except ConsulError as e:
-            log.warning("watchdog could not release %s: %s", self.config.key, e)
+        if self.session is not None:
+            _consul_put(self.config.connection, f"/v1/kv/{self.config.key}?release={self.session}")
 
     def _elector_gone(self) -> None:
         self._kill_now()
         self._wait_dead(KILL_WAIT)
-        if self.session is None:
-            return
-        client = ConsulClient(self.config.connection)
-        try:
-            client.release(self.config.key, self.session, timeout=CLEANUP_TIMEOUT)
-            client.destroy_session(self.session, timeout=CLEANUP_TIMEOUT)
-        except ConsulError as e:
-            log.warning("watchdog could not clean up session %s: %s", self.session, e)
+        if self.session is not None:
+            self._release_key()
+            _consul_put(self.config.connection, f"/v1/session/destroy/{self.session}")
 
     def _send(self, **msg) -> None:
         try:
             self.sock.sendall(json.dumps(msg).encode() + b"\n")
         except OSError:
             pass  # the elector is gone; the next recv tells us
+
+
+def _consul_put(conn: Connection, path: str) -> None:
+    """One best-effort PUT with the standard library only.
+
+    The watchdog is forked before py-consul and requests are imported, which keeps it small
+    (and its forks for the command fast); these two clean-up calls are all it says to Consul.
+    """
+    import http.client
+    import urllib.parse
+
+    headers = {"X-Consul-Token": conn.token} if conn.token else {}
+    client = http.client.HTTPConnection(conn.host, conn.port, timeout=CLEANUP_TIMEOUT)
+    try:
+        if conn.scheme == "https":
+            import ssl
+
+            context = ssl.create_default_context(cafile=conn.ca_cert)
+            if not conn.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if conn.client_cert:
+                context.load_cert_chain(conn.client_cert, conn.client_key)
+            raw = socket.create_connection((conn.host, conn.port), CLEANUP_TIMEOUT)
+            client.sock = context.wrap_socket(raw, server_hostname=conn.tls_server_name or conn.host)
+        client.request("PUT", urllib.parse.quote(path, safe="/:?=&"), headers=headers)
+        response = client.getresponse()
+        response.read()
+        if response.status != 200:
+            log.warning("watchdog: Consul answered %s to PUT %s", response.status, path.split("?")[0])
+    except (OSError, http.client.HTTPException) as e:
+        log.warning("watchdog could not reach Consul for PUT %s: %s", path.split("?")[0], e)
+    finally:
+        client.close()
 
 
 def _drain(fd: int) -> None:
@@ -311,6 +335,9 @@ class WatchdogLink:
     def start(cls, config: Config) -> WatchdogLink:
         """Fork the watchdog. Call before any thread exists."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Objects imported so far are shared copy-on-write with the watchdog; keep the garbage
+        # collector from touching (and so copying) them in either process.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             code = 0

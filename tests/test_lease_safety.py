@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from fenced_resource import FencedResource
 from harness import assert_no_overlap, pid_alive, read_lives, wait_for
 from slow_proxy import SlowRenewProxy
@@ -55,7 +54,7 @@ def test_frozen_elector_child_is_dead_before_the_standby_can_acquire(consul_agen
     try:
         new = wait_for(lambda: len(lives(candidates)) == 2 and lives(candidates)[1], 15, what="b's child")
         old = lives(candidates)[0]
-        assert not pid_alive(first.pid)
+        assert new.name == "b" and not pid_alive(first.pid)
         # The last proof of life was before the freeze, so the child must be gone by freeze + B.
         assert old.end - frozen_at <= B + 0.3, f"child ran {old.end - frozen_at:.2f}s after the freeze (B={B:.2f}s)"
         assert_no_overlap(candidates.events)
@@ -128,7 +127,7 @@ def test_quorum_lost_nobody_leads_until_it_returns(consul_cluster, candidates):
 def test_raft_leader_server_killed_no_overlap(consul_cluster, candidates):
     leader_server = consul_cluster.wait_for_leader()
     homes = [i for i in range(3) if i != leader_server]
-    a = candidates(consul_cluster.http_addr(homes[0]), "svc/raftkill", "a")
+    candidates(consul_cluster.http_addr(homes[0]), "svc/raftkill", "a")
     wait_for(lambda: lives(candidates), 10, what="a's child")
     b = candidates(consul_cluster.http_addr(homes[1]), "svc/raftkill", "b")
     c = candidates(consul_cluster.http_addr(leader_server), "svc/raftkill", "c")
