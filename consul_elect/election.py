@@ -409,6 +409,8 @@ class Election:
                 self.shutdown_signal = signo
             elif self.child_alive:
                 self.watchdog.send("signal", signo=signo)
+            else:
+                log.info("received %s while not leading: no command to forward it to", signal.Signals(signo).name)
         elif kind == "sigchld":
             self._reap_orphans()
         elif kind == "key" and self.deadline is None:

@@ -223,6 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "consul-elect"
     sys_version = ""
 
+    def version_string(self) -> str:
+        return self.server_version  # the base class appends " " + sys_version
+
     def setup(self) -> None:
         # Replaces StreamRequestHandler.setup: reads go through the deadline, writes are tiny.
         self.connection = self.request
