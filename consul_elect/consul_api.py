@@ -99,6 +99,9 @@ class ConsulClient:
             "TTL": format_duration(ttl),
             "LockDelay": format_duration(lock_delay),
             "Behavior": "release",
+            # No serfHealth check: a gossip flap must not invalidate the session at a moment
+            # only the (best-effort, in-memory) lock-delay would cover. TTL alone bounds it.
+            "NodeChecks": [],
         }
         return self._call(
             timeout,

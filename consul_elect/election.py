@@ -8,13 +8,12 @@ goes through `run`'s finally: stop the child, then release the key, then destroy
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import socket
 from typing import TYPE_CHECKING
 
-from . import clock
+from . import clock, supervisor
 from . import config as defaults
 from .config import Config
 from .consul_api import ConsulClient, KeyState
@@ -64,6 +63,8 @@ class Election:
         self.child_pid: int | None = None
         self.child_alive = False
         self.ended_sessions: list[str] = []
+        self.watchdog_alive = True
+        self.child_confirmed_dead = True
         self.key_checked = False
         self.shutdown_signal: int | None = None
         self.reached_consul = False
@@ -98,16 +99,22 @@ class Election:
     def _close(self) -> None:
         """Stop the child, then release the key, then destroy the session. Always, in that order."""
         try:
-            if self.child_alive:
+            if self.child_alive and self.watchdog_alive:
                 self.watchdog.send("stop", grace=self.config.grace)
                 self._await_child_exit(self.config.grace + KILL_WAIT + 1)
         except WatchdogFailed:
-            pass  # the child has PR_SET_PDEATHSIG: it died with the watchdog
+            pass
+        # The watchdog kills whatever is still running on "quit" (a child it was just told to
+        # start included); wait for it to go before the key is released.
+        self.watchdog.send("quit")
+        self._await_watchdog_exit(KILL_WAIT + 1)
+        self.watchdog.close()
+        if self.child_alive and not supervisor.kill_group_and_wait(self.child_pid, KILL_WAIT, reap=True):
+            # Only a child whose exit was never reported: its pid cannot have been reused yet.
+            self.child_confirmed_dead = False
         self._end_session()
         if self.watcher is not None:
             self.watcher.stop()
-        self.watchdog.send("quit")
-        self.watchdog.close()
         if self.status_server is not None:
             self.status_server.stop()
         for s in (*SHUTDOWN_SIGNALS, *FORWARDED_SIGNALS, signal.SIGCHLD):
@@ -202,7 +209,9 @@ class Election:
     def _try_acquire(self) -> bool:
         value = self.identity.to_value(self.session, since=utc_now_iso())
         sent_at = clock.now()
-        token = self.client.acquire(self.config.key, self.session, value)
+        # An answer later than the lease window would be useless: it would be expired on arrival.
+        token = self.client.acquire(self.config.key, self.session, value,
+                                    timeout=min(defaults.REQUEST_TIMEOUT, self.config.lease_window))
         self._consul_reached()
         if token is None:
             return False
@@ -233,12 +242,15 @@ class Election:
     def _lead(self) -> int | None:
         """Run the child while leader. Return an exit code to leave, or None to campaign again."""
         token = self.fencing_token
+        self.child_pid = None
         self.watchdog.send("spawn", env=self._child_env(token))
         log.info("elected leader of %s (fencing token %d)", self.config.key, token)
         self._set_state(LEADER, fencing_token=token, lease_deadline=self.deadline,
                         leader={**self.identity.as_dict(), "session": self.session})
         started = self._wait_for("spawned", "spawn_failed")
         if started[0] == "spawn_failed":
+            if started[1]["lease_expired"]:
+                return self._step_down("the lease ran out before the command could start")
             log.error("%s", started[1]["error"])
             return started[1]["code"]
         self.child_alive = True
@@ -320,6 +332,8 @@ class Election:
                 continue
             if event[0] == "exited" and event[1]["pid"] == self.child_pid:
                 self.child_alive = False
+                if not event[1]["confirmed"]:
+                    self.child_confirmed_dead = False
                 if event[1]["killed"]:
                     log.warning("the child did not stop within the grace period: killed with SIGKILL")
                 return event[1]
@@ -330,6 +344,13 @@ class Election:
             else:
                 self._handle_common(event)
         return None
+
+    def _await_watchdog_exit(self, limit: float) -> None:
+        end = clock.now() + limit
+        while self.watchdog_alive and clock.now() < end:
+            event = self._next_event(end)
+            if event is not None and event[0] == "watchdog_lost":
+                self.watchdog_alive = False
 
     def _child_env(self, token: int) -> dict[str, str]:
         return {
@@ -357,6 +378,13 @@ class Election:
         """Release (no lock-delay for the next leader), then destroy. Best effort: TTL is the backstop."""
         session = self.session
         if session is None:
+            return
+        if not self.child_confirmed_dead:
+            # Releasing would let a standby start beside a command we could not see die;
+            # the session's TTL and lock-delay still protect the key.
+            log.error("the command (pid %s) was not confirmed dead: leaving session %s to expire "
+                      "instead of releasing %s", self.child_pid, session, self.config.key)
+            self._drop_session()
             return
         self.ended_sessions.append(session)
         del self.ended_sessions[:-8]
@@ -413,8 +441,11 @@ class Election:
                 log.info("received %s while not leading: no command to forward it to", signal.Signals(signo).name)
         elif kind == "sigchld":
             self._reap_orphans()
-        elif kind == "key" and self.deadline is None:
-            self._observe_key(event[1])
+        elif kind == "key":
+            if self.deadline is None:
+                self._observe_key(event[1])
+            else:
+                self.key_state = event[1]  # judged by the leader's own loop; remembered for after
         elif kind == "renewed":
             self._consul_reached()
             self.state.renewed(event[3])
@@ -426,18 +457,13 @@ class Election:
         elif kind in ("renew_failed", "watch_failed"):
             self._consul_failed(event[-1])
         elif kind == "watchdog_lost":
-            raise WatchdogFailed("the watchdog process died; stopping (the child dies with it)")
+            self.watchdog_alive = False
+            raise WatchdogFailed("the watchdog process died; stopping the command and leaving")
 
     def _reap_orphans(self) -> None:
         # As PID 1 every orphan in the container is ours to reap. The watchdog is our only own
         # child and its loss is reported by its socket, so any status collected here is spare.
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        supervisor.reap_all()
 
     def _install_signal_handlers(self) -> None:
         def post(signo, _frame):

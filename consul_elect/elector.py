@@ -95,19 +95,22 @@ class SessionKeeper(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
+        # Renewals are spaced from send to send, and each one's timeout ends when the next is
+        # due, so a slow renew is overtaken rather than delaying all the ones after it.
+        next_at = clock.now() + self.interval()
         while True:
-            if self._wake.wait(self.interval()):
+            if self._wake.wait(max(0.0, next_at - clock.now())):
                 self._wake.clear()
                 if self.stopped.is_set():
                     return
                 if not self._renew_now:
+                    next_at = clock.now() + self.interval()
                     continue
                 self._renew_now = False
             interval = self.interval()
             sent_at = clock.now()
+            next_at = sent_at + interval
             try:
-                # The timeout is one interval: a renew slower than that is overtaken by the next
-                # attempt, and the last attempt before a graceful stop ends when the stop begins.
                 self.client.renew_session(self.session, timeout=interval)
             except SessionGone:
                 self.post(("session_gone", self.session))

@@ -10,9 +10,11 @@ import ctypes.util
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import sys
+import time
 
 from . import clock
 from .errors import CommandNotExecutable, CommandNotFound
@@ -122,11 +124,19 @@ class PreparedChild:
         except OSError:
             pass  # the child did it first: either way the group exists
 
-    def launch(self, extra_env: dict[str, str]) -> int:
-        """Exec the command with os.environ plus *extra_env*; return its pid or raise OSError."""
+    def launch(self, extra_env: dict[str, str], deadline: float) -> int:
+        """Exec the command with os.environ plus *extra_env*; return its pid.
+
+        Raises OSError when exec fails, TimeoutError (after killing it) when exec has not
+        finished by *deadline* on the lease clock (a hung file system must not hold the lease).
+        """
         with os.fdopen(self._go_w, "wb") as go:
             go.write(json.dumps(extra_env).encode())
         with os.fdopen(self._err_r, "rb") as err:
+            ready, _, _ = select.select([err], [], [], max(0.0, deadline - clock.now()))
+            if not ready:
+                os.kill(self.pid, signal.SIGKILL)
+                raise TimeoutError("exec did not finish within the lease")
             data = err.read()
         if data:
             os.waitpid(self.pid, 0)
@@ -153,6 +163,50 @@ def _become_child(parent: int) -> None:
     for s in RESET_SIGNALS:
         signal.signal(s, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def kill_group_and_wait(pgid: int, limit: float, reap: bool = False) -> bool:
+    """SIGKILL the group if anything of it is left; True once it is gone (within *limit* seconds).
+
+    With *reap*, collect any child status on the way (PID 1 must reap the orphans it inherits,
+    or their zombies keep the group alive).
+    """
+    end = clock.now() + limit
+    while group_alive(pgid):
+        if clock.now() >= end:
+            return False
+        signal_group(pgid, signal.SIGKILL)
+        if reap:
+            reap_all()
+        time.sleep(0.01)
+    return True
+
+
+def reap_all() -> None:
+    """Collect every exited child's status without blocking."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def kill_adopted(keep: set[int]) -> None:
+    """SIGKILL the orphans re-parented to us (we are a child subreaper), except *keep*."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            adopted = [int(p) for p in f.read().split()]
+    except OSError:
+        return  # not Linux, or no /proc: nothing was adopted that we can see
+    for child in adopted:
+        if child not in keep:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def signal_group(pgid: int, signo: int) -> bool:

@@ -142,19 +142,23 @@ class Watchdog:
 
     def _spawn(self, extra_env: dict[str, str]) -> None:
         if self.deadline is None or clock.now() >= self.deadline:
-            self._send(ev="spawn_failed", code=supervisor.EXIT_NOT_EXECUTABLE, error="lease already expired")
+            self._send(ev="spawn_failed", lease_expired=True, code=None, error="lease already expired")
             return
         self._write_lease_file()
         extra_env = {**extra_env, "CONSUL_ELECT_LEASE_FILE": self.lease_file}
         try:
             try:
-                pid = self.prepared.launch(extra_env)
+                pid = self.prepared.launch(extra_env, self.deadline)
             except BrokenPipeError:  # the prepared process was killed meanwhile: start afresh
                 self.prepared = supervisor.PreparedChild(self.argv)
-                pid = self.prepared.launch(extra_env)
+                pid = self.prepared.launch(extra_env, self.deadline)
+        except TimeoutError:
+            self.prepared = supervisor.PreparedChild(self.argv)
+            self._send(ev="spawn_failed", lease_expired=True, code=None, error="exec did not finish within the lease")
+            return
         except OSError as e:
             self.prepared = supervisor.PreparedChild(self.argv)
-            self._send(ev="spawn_failed", code=supervisor.spawn_error_exit_code(e),
+            self._send(ev="spawn_failed", lease_expired=False, code=supervisor.spawn_error_exit_code(e),
                        error=f"{self.argv[0]}: {e.strerror}")
             return
         self.prepared = None
@@ -202,9 +206,10 @@ class Watchdog:
             # is kept here, without it.
             self.reason = REASON_LEASE_EXPIRED
             self._kill_now()
-            self._wait_dead(KILL_WAIT)
-            self._finish()
-            self._release_key()
+            confirmed = self._wait_dead(KILL_WAIT)
+            self._finish(confirmed)
+            if confirmed:  # never hand the key on while the child might still run
+                self._release_key()
             return
         if self.kill_at is not None and now >= self.kill_at and not self.killed:
             self._kill_now()
@@ -215,21 +220,24 @@ class Watchdog:
                 self.reason = REASON_EXITED
                 self._kill_now()
             if self.killed or not supervisor.group_alive(self.pgid):
-                if self.killed:
-                    self._wait_dead(KILL_WAIT)
-                self._finish()
+                self._finish(self._wait_dead(KILL_WAIT) if self.killed else True)
 
-    def _wait_dead(self, limit: float) -> None:
-        """Block until the main child is reaped and its group is empty, or *limit* passes."""
+    def _wait_dead(self, limit: float) -> bool:
+        """Block until the main child is reaped and its group is empty; False if *limit* passed first."""
         end = clock.now() + limit
-        while clock.now() < end:
+        while True:
             self._reap()
             if self.child is None and (self.pgid is None or not supervisor.group_alive(self.pgid)):
-                return
+                return True
+            if clock.now() >= end:
+                return False
             select.select([], [], [], GROUP_POLL / 2)
 
-    def _finish(self) -> None:
-        self._send(ev="exited", pid=self.pgid, status=self.status, reason=self.reason, killed=self.killed)
+    def _finish(self, confirmed: bool) -> None:
+        # Orphans that left the child's group (setsid) were re-parented to us: they go too.
+        supervisor.kill_adopted(keep=set())
+        self._send(ev="exited", pid=self.pgid, status=self.status, reason=self.reason, killed=self.killed,
+                   confirmed=confirmed)
         self.pgid = self.child = self.kill_at = None
         self.killed = False
         self._remove_lease_file()
@@ -264,8 +272,9 @@ class Watchdog:
 
     def _elector_gone(self) -> None:
         self._kill_now()
-        self._wait_dead(KILL_WAIT)
-        if self.session is not None:
+        confirmed = self._wait_dead(KILL_WAIT)
+        supervisor.kill_adopted(keep={self.prepared.pid} if self.prepared else set())
+        if confirmed and self.session is not None:
             self._release_key()
             _consul_put(self.config.connection, f"/v1/session/destroy/{self.session}")
 
@@ -322,7 +331,8 @@ class WatchdogLink:
     """The elector's end: send orders, receive child events on a reader thread.
 
     Orders: session(id), lease(deadline), spawn(env), signal(signo), stop(grace), quit.
-    Events: spawned(pid), spawn_failed(code, error), exited(status, reason), and
+    Events: spawned(pid), spawn_failed(lease_expired, code, error), exited(pid, status, reason,
+    killed, confirmed), and
     watchdog_lost when the watchdog process disappears.
     """
 

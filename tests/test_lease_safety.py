@@ -229,3 +229,16 @@ def test_default_flags_fail_over_from_a_frozen_leader_within_10s(consul_agent, c
         assert_no_overlap(candidates.events)
     finally:
         os.kill(a.pid, signal.SIGCONT)
+
+
+def test_killed_watchdog_takes_the_whole_command_group_with_it(consul_agent, candidates, tmp_path):
+    marks = tmp_path / "pids"
+    script = f"sleep 300 & echo $! >> {marks}; echo $$ >> {marks}; wait"
+    a = candidates(consul_agent.http_addr, "svc/wdkill", "a", command=["sh", "-c", script])
+    wait_for(lambda: marks.exists() and len(marks.read_text().split()) == 2, 10, what="the child and grandchild")
+    tree = [int(p) for p in marks.read_text().split()]
+    watchdog = int(open(f"/proc/{a.pid}/task/{a.pid}/children").read().split()[0])  # its only child
+    os.kill(watchdog, signal.SIGKILL)
+    assert a.wait(10) == 70
+    assert "watchdog process died" in a.log()
+    wait_for(lambda: not any(pid_alive(p) for p in tree), 5, what="the command's whole group to die")

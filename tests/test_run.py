@@ -30,6 +30,9 @@ def test_one_leader_among_three_candidates(consul_agent, candidates):
     assert first.env["CONSUL_ELECT_LEADER"] == "1" and first.env["CONSUL_LOCK_HELD"] == "true"
     assert first.env["CONSUL_ELECT_KEY"] == "svc/one"
     assert first.env["CONSUL_ELECT_SESSION"] == holder["Session"]
+    session = json.loads(consul_agent.request("GET", f"/v1/session/info/{holder['Session']}")[1])[0]
+    assert session["NodeChecks"] == [] and session["Behavior"] == "release"
+    assert session["LockDelay"] == 2_000_000_000 and session["TTL"] == "3s"
     followers = [c for c in cs if c.name != first.name]
     for c in followers:
         assert f"following {first.name}" in c.log()
