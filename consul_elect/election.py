@@ -64,6 +64,7 @@ class Election:
         self.child_alive = False
         self.ended_sessions: list[str] = []
         self.watchdog_alive = True
+        self.spawn_pending = False
         self.child_confirmed_dead = True
         self.key_checked = False
         self.shutdown_signal: int | None = None
@@ -104,15 +105,21 @@ class Election:
                 self._await_child_exit(self.config.grace + KILL_WAIT + 1)
         except WatchdogFailed:
             pass
-        # The watchdog kills whatever is still running on "quit" (a child it was just told to
-        # start included); wait for it to go before the key is released.
-        self.watchdog.send("quit")
-        self._await_watchdog_exit(KILL_WAIT + 1)
+        if self.child_alive or self.spawn_pending:
+            # A child not seen to exit, or one the watchdog was just told to start: the watchdog
+            # kills whatever is still running on "quit"; wait for it to go, make sure, and only
+            # then release the key.
+            self.watchdog.send("quit")
+            self._await_watchdog_exit(KILL_WAIT + 1)
+            if self.child_alive and not supervisor.kill_group_and_wait(self.child_pid, KILL_WAIT, reap=True):
+                # Only a child whose exit was never reported: its pid cannot have been reused yet.
+                self.child_confirmed_dead = False
+            self._end_session()
+        else:
+            # Nothing runs: release first, so a standby takes over without waiting for us.
+            self._end_session()
+            self.watchdog.send("quit")
         self.watchdog.close()
-        if self.child_alive and not supervisor.kill_group_and_wait(self.child_pid, KILL_WAIT, reap=True):
-            # Only a child whose exit was never reported: its pid cannot have been reused yet.
-            self.child_confirmed_dead = False
-        self._end_session()
         if self.watcher is not None:
             self.watcher.stop()
         if self.status_server is not None:
@@ -243,11 +250,13 @@ class Election:
         """Run the child while leader. Return an exit code to leave, or None to campaign again."""
         token = self.fencing_token
         self.child_pid = None
+        self.spawn_pending = True
         self.watchdog.send("spawn", env=self._child_env(token))
         log.info("elected leader of %s (fencing token %d)", self.config.key, token)
         self._set_state(LEADER, fencing_token=token, lease_deadline=self.deadline,
                         leader={**self.identity.as_dict(), "session": self.session})
         started = self._wait_for("spawned", "spawn_failed")
+        self.spawn_pending = False
         if started[0] == "spawn_failed":
             if started[1]["lease_expired"]:
                 return self._step_down("the lease ran out before the command could start")

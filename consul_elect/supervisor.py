@@ -182,15 +182,17 @@ def kill_group_and_wait(pgid: int, limit: float, reap: bool = False) -> bool:
     return True
 
 
-def reap_all() -> None:
-    """Collect every exited child's status without blocking."""
+def reap_all() -> list[tuple[int, int]]:
+    """Collect every exited child without blocking; return their (pid, wait status) pairs."""
+    reaped = []
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return reaped
         if pid == 0:
-            return
+            return reaped
+        reaped.append((pid, status))
 
 
 def kill_adopted(keep: set[int]) -> None:

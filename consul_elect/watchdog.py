@@ -186,13 +186,7 @@ class Watchdog:
             self.killed = True
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in supervisor.reap_all():
             if pid == self.child:
                 self.child = None
                 self.status = supervisor.exit_code(status)
