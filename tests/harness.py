@@ -36,7 +36,9 @@ class Candidate:
         self.log_path = workdir / f"{name}.log"
         self.argv = [sys.executable, "-m", "consul_elect", "run", "--key", key, "--name", name,
                      *(FAST if options is None else options), "--", *command]
-        self.env = {**os.environ, "CONSUL_HTTP_ADDR": http_addr, **(env or {})}
+        # TMPDIR: the watchdog's lease-file folder lands in the test's own directory, so a
+        # watchdog killed with SIGKILL leaves nothing behind in /tmp.
+        self.env = {**os.environ, "CONSUL_HTTP_ADDR": http_addr, "TMPDIR": str(workdir), **(env or {})}
         self.env.pop("CONSUL_HTTP_TOKEN", None)
         self.proc: subprocess.Popen | None = None
 
