@@ -52,6 +52,18 @@ def wait_leader(http: str, other_than: str | None = None, timeout: float = 20) -
     raise SystemExit("demo: no leader appeared in time")
 
 
+def fail_over(http: str, leader: dict, signo: int, title: str) -> dict:
+    """Send *signo* to the leading consul-elect and show who takes over, and how fast."""
+    say(title)
+    t0 = time.monotonic()
+    os.kill(leader["pid"], signo)
+    successor = wait_leader(http, other_than=leader["name"])
+    print(f"-> {successor['name']} leads after {1000 * (time.monotonic() - t0):.0f} ms "
+          f"(fencing token {successor['token']})", flush=True)
+    time.sleep(2.5)
+    return successor
+
+
 def main() -> int:
     consul = os.environ.get("CONSUL_BIN") or "consul"
     tmp = tempfile.mkdtemp(prefix="consul-elect-demo-")
@@ -89,21 +101,9 @@ def main() -> int:
         time.sleep(2.5)
         say(f"{first['name']} leads (pid {first['pid']}, fencing token {first['token']})")
 
-        say(f"graceful handover: SIGTERM to {first['name']}")
-        t0 = time.monotonic()
-        os.kill(first["pid"], signal.SIGTERM)
-        second = wait_leader(http, other_than=first["name"])
-        print(f"-> {second['name']} leads after {1000 * (time.monotonic() - t0):.0f} ms "
-              f"(fencing token {second['token']})", flush=True)
-        time.sleep(2.5)
-
-        say(f"crash: kill -9 of {second['name']}'s consul-elect (its watchdog stops the child and releases)")
-        t0 = time.monotonic()
-        os.kill(second["pid"], signal.SIGKILL)
-        third = wait_leader(http, other_than=second["name"])
-        print(f"-> {third['name']} leads after {1000 * (time.monotonic() - t0):.0f} ms "
-              f"(fencing token {third['token']})", flush=True)
-        time.sleep(2.5)
+        second = fail_over(http, first, signal.SIGTERM, f"graceful handover: SIGTERM to {first['name']}")
+        fail_over(http, second, signal.SIGKILL, f"crash: kill -9 of {second['name']}'s consul-elect "
+                                               "(its watchdog stops the child and releases)")
         say("done: stopping everything")
         return 0
     finally:
