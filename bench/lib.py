@@ -25,7 +25,7 @@ TESTS = REPO / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from harness import pid_alive  # noqa: E402
+from harness import LoggedProcess, pid_alive  # noqa: E402
 
 now = time.monotonic  # CLOCK_MONOTONIC on Linux: the same clock the children stamp with
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -149,7 +149,7 @@ class EventTail:
 # --------------------------------------------------------------------------- `consul lock`
 
 
-class LockHolder:
+class LockHolder(LoggedProcess):
     """One `consul lock` process in its own session, with the interface of harness.Candidate.
 
     shell=False passes -shell=false (the child is exec'd directly, as consul-elect does);
@@ -158,36 +158,10 @@ class LockHolder:
 
     def __init__(self, consul_bin: str, http_addr: str, prefix: str, name: str, workdir: Path,
                  command: list[str], shell: bool = False, env: dict | None = None) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self.argv = [consul_bin, "lock", f"-http-addr={http_addr}", f"-name={name}", "-verbose",
-                     *([] if shell else ["-shell=false"]), prefix, *command]
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
-        self.env.update(env or {})
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    def start(self) -> LockHolder:
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=self.env, start_new_session=True, cwd=REPO)
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def send_signal(self, signo: int) -> None:
-        os.kill(self.proc.pid, signo)
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        argv = [consul_bin, "lock", f"-http-addr={http_addr}", f"-name={name}", "-verbose",
+                *([] if shell else ["-shell=false"]), prefix, *command]
+        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+        super().__init__(name, workdir / f"{name}.log", argv, {**clean_env, **(env or {})})
 
     def cleanup(self) -> None:
         """SIGKILL the whole group (consul lock and any child it left there, even after it died)."""

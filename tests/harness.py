@@ -27,25 +27,21 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class Candidate:
-    """One `consul-elect run` process in its own session (so its whole tree can be killed)."""
+class LoggedProcess:
+    """A process in its own session (so its whole tree can be killed), its output in a log file."""
 
-    def __init__(self, http_addr: str, key: str, name: str, workdir: Path, command: list[str],
-                 options: list[str] | None = None, env: dict | None = None) -> None:
+    def __init__(self, name: str, log_path: Path, argv: list[str], env: dict) -> None:
         self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self.argv = [sys.executable, "-m", "consul_elect", "run", "--key", key, "--name", name,
-                     *(FAST if options is None else options), "--", *command]
-        # TMPDIR: the watchdog's lease-file folder lands in the test's own directory, so a
-        # watchdog killed with SIGKILL leaves nothing behind in /tmp.
-        self.env = {**os.environ, "CONSUL_HTTP_ADDR": http_addr, "TMPDIR": str(workdir), **(env or {})}
-        self.env.pop("CONSUL_HTTP_TOKEN", None)
+        self.log_path = log_path
+        self.argv = argv
+        self.env = env
         self.proc: subprocess.Popen | None = None
+        self._log = None
 
-    def start(self) -> Candidate:
+    def start(self):
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True, cwd=HERE.parent)
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env, start_new_session=True, cwd=HERE.parent)
         return self
 
     @property
@@ -58,14 +54,25 @@ class Candidate:
     def send_signal(self, signo: int) -> None:
         os.kill(self.proc.pid, signo)
 
-    def freeze_group(self, signo: int = signal.SIGSTOP) -> None:
-        os.killpg(self.proc.pid, signo)
-
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class Candidate(LoggedProcess):
+    """One `consul-elect run` process."""
+
+    def __init__(self, http_addr: str, key: str, name: str, workdir: Path, command: list[str],
+                 options: list[str] | None = None, env: dict | None = None) -> None:
+        argv = [sys.executable, "-m", "consul_elect", "run", "--key", key, "--name", name,
+                *(FAST if options is None else options), "--", *command]
+        # TMPDIR: the watchdog's lease-file folder lands in the test's own directory, so a
+        # watchdog killed with SIGKILL leaves nothing behind in /tmp.
+        env = {**os.environ, "CONSUL_HTTP_ADDR": http_addr, "TMPDIR": str(workdir), **(env or {})}
+        env.pop("CONSUL_HTTP_TOKEN", None)
+        super().__init__(name, workdir / f"{name}.log", argv, env)
 
     def descendants(self) -> list[int]:
         """Pids of the watchdog and the child (the whole tree below the elector)."""
