@@ -6,6 +6,7 @@ missing (macOS) we fall back to MONOTONIC and say so at start-up.
 """
 
 import time
+from datetime import datetime, timezone
 
 HAVE_BOOTTIME = hasattr(time, "CLOCK_BOOTTIME")
 _CLOCK_ID = time.CLOCK_BOOTTIME if HAVE_BOOTTIME else time.CLOCK_MONOTONIC
@@ -15,3 +16,8 @@ CLOCK_NAME = "CLOCK_BOOTTIME" if HAVE_BOOTTIME else "CLOCK_MONOTONIC"
 def now() -> float:
     """Seconds on the lease clock; comparable across processes on the same host."""
     return time.clock_gettime(_CLOCK_ID)
+
+
+def utc_now_iso() -> str:
+    """Wall-clock time for people (logs, /status, the key's identity); never used for a deadline."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

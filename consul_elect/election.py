@@ -14,10 +14,11 @@ import socket
 from typing import TYPE_CHECKING
 
 from . import clock, supervisor
+from .clock import utc_now_iso
 from . import config as defaults
 from .config import Config
 from .consul_api import ConsulClient, KeyState
-from .elector import Identity, KeyWatcher, SessionKeeper, parse_identity, session_name, utc_now_iso
+from .elector import Identity, KeyWatcher, SessionKeeper, parse_identity, session_name
 from .errors import (
     ConsulError, ConsulUnavailable, LeadershipLost, LeadershipTimeout, NotAnElectKey, SessionGone, WatchdogFailed,
 )

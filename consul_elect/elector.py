@@ -14,9 +14,9 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 from . import __version__, clock
+from .clock import utc_now_iso
 from . import config as defaults
 from .blocking import BlockingQueryLoop
 from .config import Config
@@ -31,10 +31,6 @@ SESSION_NAME_PREFIX = "consul-elect"
 def session_name(key: str, name: str) -> str:
     """Sessions are named so `consul-elect status` can list the candidates waiting on a key."""
     return f"{SESSION_NAME_PREFIX} {key} {name}"
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclasses.dataclass(frozen=True)

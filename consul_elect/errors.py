@@ -22,7 +22,19 @@ class ConsulError(ElectError):
 
 
 class ConsulUnavailable(ConsulError):
-    """Consul could not be reached, timed out, or has no cluster leader."""
+    """Consul could not be reached, timed out, answered garbage, or has no cluster leader: retry.
+
+    *retry_after* is the wait Consul asked for (a 429's Retry-After), when it asked for one.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConsulTLSError(ConsulError):
+    """TLS cannot work as configured: wrong CA or server name, unreadable certificate files,
+    or https spoken to a plain-HTTP port (and the reverse). Retrying will not fix it."""
 
 
 class PermissionDenied(ConsulError):

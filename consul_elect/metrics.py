@@ -15,8 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import clock
-from .state import ElectionState
-from .status_server import holds_lease
+from .state import ElectionState, holds_lease
 
 # Renewals go to the local Consul agent and normally take a few milliseconds; the upper buckets
 # exist because a renewal that takes seconds is eating into the TTL, and seeing how far it got

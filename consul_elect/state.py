@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from . import clock
-from .elector import utc_now_iso
+from .clock import utc_now_iso
 
 CAMPAIGNING = "campaigning"
 LEADER = "leader"
@@ -81,3 +81,12 @@ class ElectionState:
             self._s.last_renew = clock.now()
         for listener in self._renew_listeners:
             listener(latency)
+
+
+def holds_lease(snapshot: Snapshot, now: float) -> bool:
+    """True when the snapshot says leader AND its lease deadline is still ahead of *now*.
+
+    Past the deadline the belief "I lead" may be stale (renewals failing, another instance may
+    already hold the key), so nothing that reports leadership for others to act on says yes.
+    """
+    return snapshot.state == LEADER and snapshot.lease_deadline is not None and now < snapshot.lease_deadline

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from . import clock
 from . import config as defaults
 from .errors import UsageError
-from .state import LEADER, ElectionState, Snapshot
+from .state import LEADER, ElectionState, Snapshot, holds_lease
 
 if TYPE_CHECKING:
     from .metrics import ElectionMetrics
@@ -56,15 +56,6 @@ POLL_INTERVAL = 0.1
 LEADER_FIELDS = ("name", "session", "host", "pid", "since", "version", "status_address")
 
 ENDPOINTS = ("/status", "/health", "/leader", "/metrics")
-
-
-def holds_lease(snapshot: Snapshot, now: float) -> bool:
-    """True when the snapshot says leader AND its lease deadline is still ahead of *now*.
-
-    Past the deadline the belief "I lead" may be stale (renewals failing, another instance may
-    already hold the key), so nothing that reports leadership for others to act on says yes.
-    """
-    return snapshot.state == LEADER and snapshot.lease_deadline is not None and now < snapshot.lease_deadline
 
 
 def status_document(snapshot: Snapshot, now: float) -> dict:
