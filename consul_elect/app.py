@@ -1,14 +1,15 @@
-"""Start `consul-elect run`: check the command, fork the watchdog, then run the election.
+"""Start `consul-elect run`: check the command, fork the watchdog, then drive the election.
 
-This module stays light on purpose: the watchdog is forked here, before py-consul, requests
-and the election's threads are imported or started, so the process that must outlive a dead or
-frozen elector is small, and forking it for the command is fast.
+This module stays light on purpose: the watchdog is forked here, before py-consul and the
+election's threads are imported or started, so the process that must outlive a dead or frozen
+elector is small, and forking it for the command is fast.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 from . import supervisor
 from .config import Config
@@ -23,11 +24,15 @@ def run(config: Config) -> int:
         log.warning("weaker protection on this platform: %s", missing)
     if not config.shell:
         supervisor.check_command(config.command, os.environ.get("PATH"))
+    # Orphans of the command whose watchdog is gone come to us, so we can stop them too.
+    supervisor.become_subreaper()
+    # Made here, by the elector, so that the elector removes it even when the watchdog is killed.
+    lease_dir = tempfile.mkdtemp(prefix="consul-elect-")
     # Forked before any thread exists: threads do not survive a fork, and their locks might.
-    watchdog = WatchdogLink.start(config)
+    watchdog = WatchdogLink.start(config, lease_dir)
     try:
-        from .election import Election
+        from .driver import Driver
     except BaseException:
-        watchdog.send("quit")
+        watchdog.send_quit_and_forget()
         raise
-    return Election(config, watchdog).run()
+    return Driver(config, watchdog).run()

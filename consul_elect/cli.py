@@ -12,39 +12,10 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import (
-    CommandNotExecutable, CommandNotFound, ConsulUnavailable, ElectError, LeadershipLost, LeadershipTimeout,
-    NotAnElectKey, PermissionDenied, RejectedByConsul, UsageError,
-)
-
-# Exit codes of consul-elect's own outcomes. The child's own status passes through unchanged
-# (128 + N when signal N killed it); these are chosen from the sysexits range and the
-# conventions of timeout(1) and the shell so they rarely collide with a child's codes.
-EXIT_OK = 0
-EXIT_NO_LEADER = 3              # status: nobody holds the key
-EXIT_USAGE = 2                  # bad flag, value or combination
-EXIT_NOT_AN_ELECT_KEY = 65      # status: the key's value is not a consul-elect identity
-EXIT_CONSUL_UNAVAILABLE = 69    # Consul unreachable (past --timeout, or at start-up)
-EXIT_SOFTWARE = 70              # internal failure (e.g. the watchdog process died)
-EXIT_LOST_LEADERSHIP = 75       # --exit-on-loss and leadership was lost (the child was stopped)
-EXIT_PERMISSION_DENIED = 77     # Consul ACL refused a request (HTTP 403)
-EXIT_TIMEOUT = 124              # --timeout passed before becoming leader (as timeout(1))
-EXIT_NOT_EXECUTABLE = 126       # the command exists but cannot be executed (as the shell)
-EXIT_NOT_FOUND = 127            # the command does not exist (as the shell)
-
-_EXIT_CODES = [
-    (UsageError, EXIT_USAGE),
-    (RejectedByConsul, EXIT_USAGE),
-    (CommandNotFound, EXIT_NOT_FOUND),
-    (CommandNotExecutable, EXIT_NOT_EXECUTABLE),
-    (PermissionDenied, EXIT_PERMISSION_DENIED),
-    (ConsulUnavailable, EXIT_CONSUL_UNAVAILABLE),
-    (LeadershipTimeout, EXIT_TIMEOUT),
-    (LeadershipLost, EXIT_LOST_LEADERSHIP),
-    (NotAnElectKey, EXIT_NOT_AN_ELECT_KEY),
-    (ElectError, EXIT_SOFTWARE),
-]
+from . import __version__, exit_codes
+from . import config as defaults
+from .durations import format_duration
+from .errors import ConsulUnavailable, ElectError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -69,26 +40,31 @@ DURATION = Duration()
 def connection_options(f):
     """Consul's own variables, with the same meaning as for the `consul` CLI; flags override them."""
     opts = [
-        click.option("--http-addr", envvar="CONSUL_HTTP_ADDR", show_envvar=True, default="127.0.0.1:8500",
+        click.option("--http-addr", envvar="CONSUL_HTTP_ADDR", show_envvar=True, default=defaults.DEFAULT_CONSUL_ADDR,
                      show_default=True, help="Consul agent address: host:port or http(s)://host:port."),
         click.option("--token", envvar="CONSUL_HTTP_TOKEN", show_envvar=True, help="ACL token."),
         click.option("--token-file", envvar="CONSUL_HTTP_TOKEN_FILE", show_envvar=True,
                      type=click.Path(dir_okay=False), help="File holding the ACL token."),
         click.option("--ca-file", envvar="CONSUL_CACERT", show_envvar=True, type=click.Path(dir_okay=False),
                      help="CA certificate to verify Consul's TLS certificate."),
+        click.option("--ca-path", envvar="CONSUL_CAPATH", show_envvar=True, type=click.Path(file_okay=False),
+                     help="Directory of CA certificates to verify Consul's TLS certificate."),
         click.option("--client-cert", envvar="CONSUL_CLIENT_CERT", show_envvar=True,
                      type=click.Path(dir_okay=False), help="Client certificate for TLS."),
         click.option("--client-key", envvar="CONSUL_CLIENT_KEY", show_envvar=True,
                      type=click.Path(dir_okay=False), help="Client key for TLS."),
         click.option("--tls-server-name", envvar="CONSUL_TLS_SERVER_NAME", show_envvar=True,
                      help="Server name to expect in Consul's TLS certificate."),
+        click.option("--datacenter", envvar="CONSUL_DATACENTER", show_envvar=True,
+                     help="Consul datacenter of the key and sessions.  [default: the agent's]"),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name):
+def build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert, client_key, tls_server_name,
+                     datacenter):
     from .config import Connection, parse_address
 
     use_ssl = _env_bool("CONSUL_HTTP_SSL")
@@ -96,13 +72,38 @@ def build_connection(http_addr, token, token_file, ca_file, client_cert, client_
     if not token and token_file:
         try:
             with open(token_file) as f:
-                token = f.read().strip()
+                token = f.read()
         except OSError as e:
             raise UsageError(f"cannot read token file {token_file}: {e.strerror}") from None
+    # As the consul CLI does: a token read from a mounted secret often ends in a newline.
+    token = (token or "").strip() or None
+    if token is not None:
+        _LOG_SCRUB.secrets.add(token)
     verify = _env_bool("CONSUL_HTTP_SSL_VERIFY")
-    return Connection(host=host, port=port, scheme=scheme, token=token or None, ca_cert=ca_file,
+    return Connection(host=host, port=port, scheme=scheme, token=token, ca_cert=ca_file, ca_path=ca_path,
                       client_cert=client_cert, client_key=client_key, verify=True if verify is None else verify,
-                      tls_server_name=tls_server_name)
+                      tls_server_name=tls_server_name, datacenter=(datacenter or "").strip() or None)
+
+
+class _ScrubSecrets(logging.Filter):
+    """The last line of defence: no log line ever carries the ACL token, whatever put it there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "<token>")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg, record.args = self.scrub(record.getMessage()), None
+        return True
+
+
+_LOG_SCRUB = _ScrubSecrets()
 
 
 def _env_bool(name: str) -> bool | None:
@@ -133,6 +134,7 @@ def setup_logging(verbose: int, quiet: int) -> None:
         fmt = logging.Formatter("%(asctime)s.%(msecs)03d consul-elect[%(process)d] %(levelname)s %(message)s",
                                 "%Y-%m-%dT%H:%M:%S")
         handler.setFormatter(fmt)
+    handler.addFilter(_LOG_SCRUB)
     root.handlers[:] = [handler]
     root.propagate = False
 
@@ -148,12 +150,13 @@ def cli():
               help="Consul KV key to campaign on, e.g. svc/leader.")
 @click.option("--name", envvar="CONSUL_ELECT_NAME", show_envvar=True,
               help="This candidate's name.  [default: host name]")
-@click.option("--ttl", envvar="CONSUL_ELECT_TTL", show_envvar=True, type=DURATION, default="10s", show_default=True,
+@click.option("--ttl", envvar="CONSUL_ELECT_TTL", show_envvar=True, type=DURATION,
+              default=format_duration(defaults.DEFAULT_TTL), show_default=True,
               help="Session TTL (Consul's session_ttl_min, 10s by default, is the floor).")
-@click.option("--lock-delay", envvar="CONSUL_ELECT_LOCK_DELAY", show_envvar=True, type=DURATION, default="6s",
-              show_default=True, help="Consul lock-delay after an invalidated session; bounds the lease.")
-@click.option("--grace", envvar="CONSUL_ELECT_GRACE", show_envvar=True, type=DURATION, default="2s",
-              show_default=True, help="Time between SIGTERM and SIGKILL when stopping the command.")
+@click.option("--lock-delay", envvar="CONSUL_ELECT_LOCK_DELAY", show_envvar=True, type=DURATION,
+              default=format_duration(defaults.DEFAULT_LOCK_DELAY), show_default=True, help="Consul lock-delay after an invalidated session; bounds the lease.")
+@click.option("--grace", envvar="CONSUL_ELECT_GRACE", show_envvar=True, type=DURATION,
+              default=format_duration(defaults.DEFAULT_GRACE), show_default=True, help="Time between SIGTERM and SIGKILL when stopping the command.")
 @click.option("--timeout", envvar="CONSUL_ELECT_TIMEOUT", show_envvar=True, type=DURATION, default=None,
               help="Give up (exit 124, or 69 if Consul is unreachable) if not leader by then.  [default: wait]")
 @click.option("--exit-on-loss", envvar="CONSUL_ELECT_EXIT_ON_LOSS", show_envvar=True, is_flag=True,
@@ -162,19 +165,27 @@ def cli():
               help="Run the command through /bin/sh -c.")
 @click.option("--port", envvar="CONSUL_ELECT_PORT", show_envvar=True, type=int, default=None,
               help="Serve /status, /health, /leader and /metrics on this port (0: any free port, logged).")
-@click.option("--bind", envvar="CONSUL_ELECT_BIND", show_envvar=True, default="0.0.0.0", show_default=True,
+@click.option("--bind", envvar="CONSUL_ELECT_BIND", show_envvar=True, default=defaults.DEFAULT_STATUS_BIND,
+              show_default=True,
               help="Address the status server binds.")
 @connection_options
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, bind, http_addr, token, token_file,
-        ca_file, client_cert, client_key, tls_server_name, verbose, quiet, command):
+        ca_file, ca_path, client_cert, client_key, tls_server_name, datacenter, verbose, quiet, command):
     """Campaign on KEY and run COMMAND only while leader.
 
     \b
     Example:
       consul-elect run --key svc/leader -- mycmd --flag
+
+    \b
+    Exit status: the command's own (128+N if signal N killed it); 0 if stopped by
+    SIGTERM/SIGINT while not leading; 2 usage; 65 KEY holds another tool's data;
+    69 Consul unreachable; 70 internal failure (watchdog died or froze); 75 lost
+    leadership with --exit-on-loss; 77 ACL denied; 78 TLS misconfigured; 124
+    --timeout; 126 command not executable; 127 command not found.
     """
     import socket
 
@@ -184,7 +195,8 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, b
     config = Config(
         key=key, command=tuple(command), name=socket.gethostname() if name is None else name, ttl=ttl, lock_delay=lock_delay,
         grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
-        connection=build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name),
+        connection=build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert, client_key,
+                                    tls_server_name, datacenter),
     )
     from . import app
 
@@ -197,26 +209,29 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, b
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (with --watch: one line per change).")
 @click.option("--watch", is_flag=True, help="Print again whenever the leader or the candidates change, until Ctrl-C.")
 @connection_options
-def status(key, as_json, watch, http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name):
+def status(key, as_json, watch, http_addr, token, token_file, ca_file, ca_path, client_cert, client_key,
+           tls_server_name, datacenter):
     """Show who leads KEY, its fencing token and the candidates waiting, read from Consul.
 
     \b
     Exit status: 0 someone leads, 3 nobody leads, 65 KEY holds something other than a
-    consul-elect identity, 69 Consul unreachable, 77 ACL denied; --watch exits 0 on Ctrl-C.
+    consul-elect identity, 69 Consul unreachable, 77 ACL denied, 78 TLS misconfigured;
+    --watch exits 0 on Ctrl-C.
     """
     from .config import validate_key
     from .status_report import read_status, watch_status
 
     validate_key(key)
-    connection = build_connection(http_addr, token, token_file, ca_file, client_cert, client_key, tls_server_name)
+    connection = build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert, client_key,
+                                  tls_server_name, datacenter)
     show = _print_json if as_json else _table_printer(clear=watch)
     if not watch:
         report = read_status(connection, key)
         show(report)
         if report.leader is None:
             click.echo(f"consul-elect: nobody leads {key}", err=True)
-            return EXIT_NO_LEADER
-        return EXIT_OK
+            return exit_codes.NO_LEADER
+        return exit_codes.OK
     updates = watch_status(connection, key)
     try:
         for update in updates:
@@ -225,7 +240,7 @@ def status(key, as_json, watch, http_addr, token, token_file, ca_file, client_ce
             else:
                 show(update)
     except KeyboardInterrupt:
-        return EXIT_OK  # Ctrl-C is the way a watch ends, not a failure
+        return exit_codes.OK  # Ctrl-C is the way a watch ends, not a failure
     finally:
         updates.close()
 
@@ -258,20 +273,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="consul-elect", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
-        click.echo(e.ctx.get_help())
-        code = EXIT_OK
+        # Help was not asked for: a script that forgot its arguments must see a failure.
+        click.echo(e.ctx.get_help(), err=True)
+        code = exit_codes.USAGE
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
         click.echo(f"consul-elect: {e.format_message()}{hint}", err=True)
-        code = EXIT_USAGE
+        code = exit_codes.USAGE
     except click.Abort:
-        code = 130
+        code = exit_codes.INTERRUPTED
     except click.ClickException as e:
         click.echo(f"consul-elect: {e.format_message()}", err=True)
         code = e.exit_code
     except ElectError as e:
-        click.echo(f"consul-elect: {e}", err=True)
-        code = next(c for cls, c in _EXIT_CODES if isinstance(e, cls))
+        click.echo(f"consul-elect: {_LOG_SCRUB.scrub(str(e))}", err=True)
+        code = exit_codes.for_error(e)
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+        code = exit_codes.INTERRUPTED
+    sys.exit(code if isinstance(code, int) else exit_codes.OK)

@@ -50,13 +50,45 @@ REQUEST_TIMEOUT = 5.0
 # Blocking queries wait at most this long; the client timeout adds Consul's wait/16 jitter.
 WATCH_WAIT = 30.0
 # Retry interval for an acquire refused while a lock-delay is in effect: short enough that the
-# lock-delay, not this interval, sets the failover time.
+# lock-delay, not this interval, sets the failover time. Only while a lock-delay can still be
+# running (the old holder's lock-delay after we saw the key freed, plus LOCK_DELAY_MARGIN);
+# after that a refusal backs off like any failure, so an unreadable key is no hot loop.
 LOCK_DELAY_RETRY = 0.05
-# Back-off between attempts while Consul is unreachable: quick first, then gentle.
+LOCK_DELAY_MARGIN = 1.0
+# Consul's upper bound on a lock-delay: the longest a holder we know nothing about can block.
+MAX_LOCK_DELAY = 60.0
+# Back-off between attempts while Consul is unreachable or refuses: quick first, then gentle.
+# Each wait is spread by +-RETRY_JITTER so that a fleet that lost Consul together does not
+# come back in step.
 RECONNECT_BACKOFF_MIN = 0.2
 RECONNECT_BACKOFF_MAX = 2.0
+RETRY_JITTER = 0.2
+# Until Consul has answered once, give up after this long (unless --timeout says otherwise):
+# long enough for an agent started beside us in the same pod, short enough that a typo in
+# CONSUL_HTTP_ADDR is reported rather than retried forever.
+STARTUP_PATIENCE = 15.0
+# A key freed without lock-delay (an operator's delete or release) while its holder's session
+# lives: check that session this often until it ends, and give up waiting once the holder's
+# lease window plus this margin has passed since we saw the key freed (its command is dead by
+# then, if its watchdog runs; the margin covers the old elector seeing the loss late).
+HOLDER_POLL = 0.1
+HOLDER_MARGIN = 1.0
+# After SIGKILL, how long to wait for the kernel to let the command's processes die before
+# reporting them as survivors.
+KILL_WAIT = 2.0
+# A command whose processes survive SIGKILL (EPERM: a setuid helper) keeps the key held by our
+# session, renewed, until they are gone; we try again this often.
+CONTAIN_RETRY = 1.0
+# The elector pings the watchdog this often and declares it unresponsive (frozen, wedged) when
+# no answer came for WATCHDOG_ANSWER_TIMEOUT; it then kills the command's group itself.
+WATCHDOG_PING_INTERVAL = 1.0
+WATCHDOG_ANSWER_TIMEOUT = 3.0
+# The elector's loop turns at least this often, so /health sees a live loop.
+LOOP_WAKE = 1.0
 
 DEFAULT_CONSUL_ADDR = "127.0.0.1:8500"
+# The status server listens on every interface, so a container's published port reaches it.
+DEFAULT_STATUS_BIND = "0.0.0.0"
 # A Consul key is a path; we refuse forms Consul rejects or silently rewrites.
 _KEY_RE = re.compile(r"^[^/\s][^\s]*$")
 
@@ -74,6 +106,11 @@ class Connection:
     client_key: str | None = None
     verify: bool = True
     tls_server_name: str | None = None
+    # A directory of PEM CA certificates (CONSUL_CAPATH), read like the consul CLI reads it:
+    # every file under it; ca_cert wins when both are set.
+    ca_path: str | None = None
+    # Sessions and keys live per datacenter: sent as ?dc= on every request when set.
+    datacenter: str | None = None
 
     @property
     def url(self) -> str:
@@ -136,7 +173,7 @@ class Config:
     exit_on_loss: bool = False
     shell: bool = False
     status_port: int | None = None
-    status_bind: str = "0.0.0.0"
+    status_bind: str = DEFAULT_STATUS_BIND
 
     def __post_init__(self) -> None:
         validate_key(self.key)

@@ -61,5 +61,9 @@ class NotAnElectKey(ElectError):
     """The key exists but its value is not a consul-elect identity."""
 
 
+class InternalError(ElectError):
+    """A part of consul-elect failed unexpectedly (a bug): the command was stopped, the process exits."""
+
+
 class WatchdogFailed(ElectError):
     """The watchdog process died or stopped answering."""

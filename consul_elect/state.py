@@ -9,6 +9,7 @@ from collections.abc import Callable
 from . import clock
 from .clock import utc_now_iso
 
+# Published states (what /status, /metrics and the logs call them).
 CAMPAIGNING = "campaigning"
 LEADER = "leader"
 FOLLOWER = "follower"
@@ -54,10 +55,12 @@ class ElectionState:
                 setattr(self._s, k, v)
 
     def consul_ok(self) -> None:
+        """Consul answered: reachable, and the last outage's error is history."""
         with self._lock:
             self._s.consul_reachable = True
+            self._s.consul_last_error = None
 
-    def consul_failed(self, error: Exception) -> None:
+    def consul_failed(self, error: Exception | str) -> None:
         with self._lock:
             self._s.consul_reachable = False
             self._s.consul_last_error = str(error)
@@ -77,7 +80,6 @@ class ElectionState:
 
     def renewed(self, latency: float) -> None:
         with self._lock:
-            self._s.consul_reachable = True
             self._s.last_renew = clock.now()
         for listener in self._renew_listeners:
             listener(latency)

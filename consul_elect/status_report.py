@@ -19,7 +19,7 @@ from . import config as defaults
 from .blocking import BlockingQueryLoop
 from .config import Connection
 from .consul_api import ConsulClient, KeyState
-from .elector import parse_identity, session_name
+from .lock_key import parse_identity, session_name
 from .errors import ConsulError, ConsulUnavailable, NotAnElectKey
 
 

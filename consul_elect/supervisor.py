@@ -14,10 +14,11 @@ import select
 import shutil
 import signal
 import sys
-import time
 
 from . import clock
+from .containment import join_cgroup
 from .errors import CommandNotExecutable, CommandNotFound
+from .signals import CHILD_RESET
 
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
@@ -80,14 +81,6 @@ def check_command(argv: tuple[str, ...], env_path: str | None) -> None:
         raise CommandNotFound(f"command not found: {prog}")
 
 
-# Dispositions the watchdog changes for itself; a child must start with the defaults (an ignored
-# signal stays ignored across exec).
-RESET_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE, signal.SIGCHLD,
-                 signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU]
-if hasattr(signal, "SIGXFSZ"):
-    RESET_SIGNALS.append(signal.SIGXFSZ)
-
-
 class PreparedChild:
     """A forked process, already in its own group and set up, waiting to exec the command.
 
@@ -108,11 +101,12 @@ class PreparedChild:
                 os.close(self._err_r)
                 _become_child(parent)
                 with os.fdopen(go_r, "rb") as go:
-                    extra_env = go.read()
-                if not extra_env:
+                    order = go.read()
+                if not order:
                     os._exit(0)  # cancelled
-                env = {**os.environ, **json.loads(extra_env)}
-                os.execvpe(argv[0], argv, env)
+                order = json.loads(order)
+                join_cgroup(order["cgroup"])
+                os.execvpe(argv[0], argv, {**os.environ, **order["env"]})
             except OSError as e:
                 os.write(err_w, str(e.errno).encode())
             finally:
@@ -124,14 +118,14 @@ class PreparedChild:
         except OSError:
             pass  # the child did it first: either way the group exists
 
-    def launch(self, extra_env: dict[str, str], deadline: float) -> int:
-        """Exec the command with os.environ plus *extra_env*; return its pid.
+    def launch(self, extra_env: dict[str, str], deadline: float, cgroup: str | None = None) -> int:
+        """Exec the command with os.environ plus *extra_env*, inside *cgroup*; return its pid.
 
         Raises OSError when exec fails, TimeoutError (after killing it) when exec has not
         finished by *deadline* on the lease clock (a hung file system must not hold the lease).
         """
         with os.fdopen(self._go_w, "wb") as go:
-            go.write(json.dumps(extra_env).encode())
+            go.write(json.dumps({"env": extra_env, "cgroup": cgroup}).encode())
         with os.fdopen(self._err_r, "rb") as err:
             ready, _, _ = select.select([err], [], [], max(0.0, deadline - clock.now()))
             if not ready:
@@ -160,26 +154,9 @@ def _become_child(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(EXIT_NOT_FOUND)
     signal.set_wakeup_fd(-1)
-    for s in RESET_SIGNALS:
+    for s in CHILD_RESET:
         signal.signal(s, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
-
-def kill_group_and_wait(pgid: int, limit: float, reap: bool = False) -> bool:
-    """SIGKILL the group if anything of it is left; True once it is gone (within *limit* seconds).
-
-    With *reap*, collect any child status on the way (PID 1 must reap the orphans it inherits,
-    or their zombies keep the group alive).
-    """
-    end = clock.now() + limit
-    while group_alive(pgid):
-        if clock.now() >= end:
-            return False
-        signal_group(pgid, signal.SIGKILL)
-        if reap:
-            reap_all()
-        time.sleep(0.01)
-    return True
 
 
 def reap_all() -> list[tuple[int, int]]:
@@ -193,41 +170,6 @@ def reap_all() -> list[tuple[int, int]]:
         if pid == 0:
             return reaped
         reaped.append((pid, status))
-
-
-def kill_adopted(keep: set[int]) -> None:
-    """SIGKILL the orphans re-parented to us (we are a child subreaper), except *keep*."""
-    pid = os.getpid()
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            adopted = [int(p) for p in f.read().split()]
-    except OSError:
-        return  # not Linux, or no /proc: nothing was adopted that we can see
-    for child in adopted:
-        if child not in keep:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def signal_group(pgid: int, signo: int) -> bool:
-    """Send *signo* to the group; False when the group is already gone (ESRCH is not an error)."""
-    try:
-        os.killpg(pgid, signo)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def spawn_error_exit_code(e: OSError) -> int:

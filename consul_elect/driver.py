@@ -1,0 +1,393 @@
+"""The one loop that performs what the leadership core decides.
+
+It reads one event at a time from one queue (signals, the key watcher, the session keeper, the
+watchdog's answers), waits no longer than the core's next timer, asks `leadership.step` what the
+event means, and performs the actions in order; an action's result (a Consul answer) goes
+straight back into the core. Every way out leaves through `run`'s finally, which stops the
+command and confirms it gone, then releases the key, then destroys the session: every wait
+there is bounded, and what was still running when a bound ran out is logged.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import random
+import signal
+import socket
+import time
+
+from . import clock, containment, leadership, supervisor
+from . import config as defaults
+from . import watchdog_protocol as proto
+from .clock import utc_now_iso
+from .config import Config
+from .consul_api import ConsulClient
+from .elector import KeyWatcher, SessionKeeper
+from .errors import ConsulError, ElectError
+from .leadership import (
+    Acquire, Acquired, AcquireRefused, CheckHolder, CheckKey, ChildExited, EndSession, Exit, Forward, GroupKilled,
+    HolderChecked, KeyRead, KillGroup, KillWatchdog, Log, OpenSession, Publish, RequestFailed, SendLease,
+    SessionOpened, SetRenewInterval, Spawn, Spawned, SpawnFailed, StopChild, Tick, WatchdogLost,
+    WatchdogUnresponsive,
+)
+from .lock_key import Identity, session_name
+from .signals import FORWARDED_SIGNALS, SHUTDOWN_SIGNALS
+from .state import ElectionState
+from .watchdog import WatchdogLink
+
+log = logging.getLogger("consul_elect")
+
+
+class _Pong:
+    """The watchdog answered a ping (the driver's own bookkeeping; the core never sees it)."""
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+
+class _Reap:
+    """SIGCHLD: as PID 1 every orphan in the container is ours to reap."""
+
+
+class Driver:
+    def __init__(self, config: Config, watchdog: WatchdogLink) -> None:
+        self.config = config
+        self.watchdog = watchdog
+        self.state = ElectionState(config.key, config.name)
+        self.identity = Identity.of_this_process(config.name, config.lease_window, config.lock_delay)
+        # SimpleQueue.put is reentrant, so signal handlers may post to it safely.
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.client = ConsulClient(config.connection)
+        self.keeper: SessionKeeper | None = None
+        self.watcher: KeyWatcher | None = None
+        self.status_server = None
+        self.leader_since: str | None = None
+        self.child_pid: int | None = None
+        self.core: leadership.Core | None = None
+        # Watchdog liveness: the oldest ping not yet answered, and when the loop last turned
+        # (a gap means we were frozen ourselves, and the watchdog's silence proves nothing).
+        self.ping_seq = 0
+        self.unanswered_since: float | None = None
+        self.next_ping_at = 0.0
+        self.last_turn = clock.now()
+        self.watchdog_reported = False
+
+    # -- the one way in and out --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Campaign and lead until the core says Exit; return the status or raise its error."""
+        outcome: Exit | None = None
+        try:
+            self._start_services()
+            core, actions = leadership.start(self.config, clock.now())
+            self.core = core
+            outcome = self._perform_all(actions)
+            while outcome is None:
+                event = self._next_event(leadership.wake_at(self.core))
+                if event is None:
+                    continue
+                self.core, actions = leadership.step(self.core, event, clock.now(), random.random())
+                outcome = self._perform_all(actions)
+        finally:
+            self._close()
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.status
+
+    def _start_services(self) -> None:
+        if self.config.status_port is not None:
+            from .status_server import StatusServer
+
+            # Started after the fork, so the watchdog does not hold the port open.
+            self.status_server = StatusServer(self.state, self.config.status_bind, self.config.status_port).start()
+            self.identity = Identity.of_this_process(self.config.name, self.config.lease_window,
+                                                     self.config.lock_delay, self._public_status_address())
+        self.watchdog.listen(self._on_watchdog_message, lambda: self.events.put(WatchdogLost()))
+        self._install_signal_handlers()
+        self.watcher = KeyWatcher(self.config, self.events.put)
+        self.watcher.start()
+
+    def _close(self) -> None:
+        """Stop the command and confirm it gone, then release the key, then destroy the session.
+
+        On the normal paths the core has done all of this already and only the watchdog and the
+        threads are left to stop; this is also the net for anything unexpected.
+        """
+        session = self.core.memory.session if self.core is not None else None
+        confirmed = True
+        if self.core is None or self._child_may_run():
+            confirmed = self._stop_command_for_good()
+        if session is not None:
+            self._end_session(session, release=confirmed)
+        self._quit_watchdog()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.keeper is not None:
+            self.keeper.stop()
+        if self.status_server is not None:
+            self.status_server.stop()
+        for s in (*SHUTDOWN_SIGNALS, *FORWARDED_SIGNALS, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        _remove_dir(self.watchdog.lease_dir)
+
+    def _child_may_run(self) -> bool:
+        return isinstance(self.core.phase, (leadership.Spawning, leadership.Leading, leadership.Stopping))
+
+    def _stop_command_for_good(self) -> bool:
+        """Ask the watchdog to kill everything and confirm; if it cannot answer, do it ourselves."""
+        self.watchdog.send(proto.Quit())
+        end = clock.now() + defaults.KILL_WAIT + 1.0
+        while clock.now() < end:
+            event = self._next_event(end)
+            if isinstance(event, ChildExited):
+                if event.confirmed:
+                    return True
+                break
+            if isinstance(event, WatchdogLost):
+                break
+        confirmed, survivors = self._containment().kill_and_wait(defaults.KILL_WAIT, reap=supervisor.reap_all)
+        if not confirmed:
+            log.error("the command's processes %s could not be stopped: leaving the session to expire "
+                      "instead of releasing %s", list(survivors), self.config.key)
+        return confirmed
+
+    def _quit_watchdog(self) -> None:
+        """The watchdog exits on Quit (or when our end of its socket closes); wait for it, bounded."""
+        self.watchdog.send(proto.Quit())
+        self.watchdog.close()
+        end = clock.now() + defaults.KILL_WAIT + 1.0
+        while True:
+            try:
+                pid, _ = os.waitpid(self.watchdog.pid, os.WNOHANG)
+            except ChildProcessError:
+                return  # already reaped (as PID 1, by the SIGCHLD sweep)
+            if pid != 0:
+                return
+            if clock.now() >= end:
+                log.warning("the watchdog (pid %d) did not exit in time: killed", self.watchdog.pid)
+                _kill(self.watchdog.pid)
+                end = clock.now() + defaults.KILL_WAIT
+            time.sleep(0.01)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _next_event(self, until: float | None):
+        """The next event for the core, or a Tick when *until* (or the loop's wake-up) passes."""
+        while True:
+            now = clock.now()
+            self.state.heartbeat()
+            self._check_watchdog(now)
+            waits = [defaults.LOOP_WAKE, self.next_ping_at - now]
+            if until is not None:
+                waits.append(until - now)
+            try:
+                event = self.events.get(timeout=max(0.0, min(waits)))
+            except queue.Empty:
+                if until is not None and clock.now() >= until:
+                    return Tick()
+                continue
+            if isinstance(event, _Pong):
+                if event.seq == self.ping_seq:
+                    self.unanswered_since = None
+                continue
+            if isinstance(event, _Reap):
+                supervisor.reap_all()
+                continue
+            if isinstance(event, leadership.Renewed):
+                self.state.renewed(event.latency)
+            if isinstance(event, Spawned):
+                self.child_pid = event.pid
+            return event
+
+    def _check_watchdog(self, now: float) -> None:
+        """Ping the watchdog; post WatchdogUnresponsive when a ping stays unanswered too long."""
+        if now - self.last_turn > 2 * defaults.LOOP_WAKE:
+            # We were frozen or starved ourselves: the watchdog's answers may still be queued.
+            self.unanswered_since = None
+            self.next_ping_at = now
+        self.last_turn = now
+        if self.unanswered_since is not None and now - self.unanswered_since > defaults.WATCHDOG_ANSWER_TIMEOUT:
+            if not self.watchdog_reported:
+                self.watchdog_reported = True
+                self.events.put(WatchdogUnresponsive())
+            return
+        if now >= self.next_ping_at:
+            self.next_ping_at = now + defaults.WATCHDOG_PING_INTERVAL
+            if self.unanswered_since is None:
+                self.ping_seq += 1
+                self.unanswered_since = now
+                self.watchdog.send(proto.Ping(self.ping_seq))
+
+    def _on_watchdog_message(self, message) -> None:
+        """Runs on the link's reader thread: translate the watchdog's answers into core events."""
+        if isinstance(message, proto.Pong):
+            self.events.put(_Pong(message.seq))
+        elif isinstance(message, proto.Spawned):
+            self.events.put(Spawned(message.pid))
+        elif isinstance(message, proto.SpawnFailed):
+            self.events.put(SpawnFailed(message.lease_expired, message.code, message.error))
+        elif isinstance(message, proto.Exited):
+            self.events.put(ChildExited(message.pid, message.status, message.reason, message.killed,
+                                        message.confirmed, message.survivors))
+
+    def _install_signal_handlers(self) -> None:
+        def post(signo, _frame):
+            self.events.put(leadership.Signal(signo))
+
+        for s in (*SHUTDOWN_SIGNALS, *FORWARDED_SIGNALS):
+            signal.signal(s, post)
+        signal.signal(signal.SIGCHLD, lambda *_: self.events.put(_Reap()))
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def _perform_all(self, actions: list) -> Exit | None:
+        """Perform *actions* in order; results go back into the core, their actions queue behind."""
+        todo = collections.deque(actions)
+        while todo:
+            action = todo.popleft()
+            if isinstance(action, Exit):
+                return action
+            result = self._perform(action)
+            if result is not None:
+                self.core, more = leadership.step(self.core, result, clock.now(), random.random())
+                todo.extend(more)
+        return None
+
+    def _perform(self, action):
+        if isinstance(action, Spawn):
+            # The hot path of a failover: the order goes out before anything is logged.
+            self.watchdog.send(proto.Spawn(self._child_env(action.token, action.deadline)))
+        elif isinstance(action, SendLease):
+            value = self.identity.to_value(action.session, self.leader_since or utc_now_iso(), released=True)
+            self.watchdog.send(proto.SetLease(action.deadline, value.decode()))
+        elif isinstance(action, StopChild):
+            self.watchdog.send(proto.Stop(action.grace))
+        elif isinstance(action, Forward):
+            self.watchdog.send(proto.ForwardSignal(action.signo))
+        elif isinstance(action, Log):
+            log.log(action.level, "%s", action.message)
+        elif isinstance(action, Publish):
+            self._publish(action.fields)
+        elif isinstance(action, SetRenewInterval):
+            if self.keeper is not None:
+                self.keeper.reschedule(action.seconds, action.renew_now)
+        elif isinstance(action, KillGroup):
+            confirmed, survivors = self._containment().kill_and_wait(defaults.KILL_WAIT, reap=supervisor.reap_all)
+            return GroupKilled(confirmed, survivors)
+        elif isinstance(action, KillWatchdog):
+            _kill(self.watchdog.pid)
+        elif isinstance(action, EndSession):
+            self._end_session(action.session, action.release)
+        else:
+            return self._consul(action)
+        return None
+
+    def _consul(self, action):
+        """Actions that are one Consul request; the answer (or the failure) is the result."""
+        c = self.config
+        try:
+            if isinstance(action, CheckKey):
+                _, kv = self.client.read_key(c.key, consistent=False)
+                return KeyRead(kv)
+            if isinstance(action, OpenSession):
+                session = self.client.create_session(session_name(c.key, c.name), c.ttl, c.lock_delay)
+                self.watchdog.send(proto.SetSession(session))
+                self.keeper = SessionKeeper(c, session, self.events.put, c.follower_renew_interval)
+                self.keeper.start()
+                return SessionOpened(session)
+            if isinstance(action, Acquire):
+                since = utc_now_iso()
+                value = self.identity.to_value(action.session, since=since)
+                sent_at = clock.now()
+                # An answer later than the lease window would be useless: expired on arrival.
+                token = self.client.acquire(c.key, action.session, value,
+                                            timeout=min(defaults.REQUEST_TIMEOUT, c.lease_window))
+                if token is None:
+                    return AcquireRefused()
+                self.leader_since = since
+                return Acquired(token, sent_at)
+            if isinstance(action, CheckHolder):
+                return HolderChecked(action.session, self.client.session_info(action.session) is not None)
+        except ConsulError as e:
+            return RequestFailed(e)
+        raise TypeError(f"unknown action {action!r}")
+
+    def _end_session(self, session: str, release: bool) -> None:
+        """Stop renewing; release (no lock-delay for the next leader) and destroy, or leave the
+        session to expire when the command could not be confirmed gone."""
+        if self.keeper is not None and self.keeper.session == session:
+            self.keeper.stop()
+            self.keeper = None
+        self.watchdog.send(proto.SetSession(None))
+        self.state.update(session=None)
+        if not release:
+            return
+        try:
+            if self.client.release(self.config.key, session, timeout=defaults.REQUEST_TIMEOUT):
+                log.info("released %s", self.config.key)
+            self.client.destroy_session(session, timeout=defaults.REQUEST_TIMEOUT)
+        except ConsulError as e:
+            log.warning("could not release %s / destroy session %s (Consul will expire it): %s",
+                        self.config.key, session, e)
+
+    def _containment(self) -> containment.Containment:
+        """What the elector itself can reach of the command: its group, the watchdog's cgroup,
+        and the orphans adopted by the watchdog or, once it is gone, by us."""
+        cgroup = containment.find_cgroup(f"consul-elect-{self.watchdog.pid}")
+        return containment.Containment(self.child_pid, cgroup, (self.watchdog.pid, os.getpid()),
+                                       spare=frozenset({self.watchdog.pid}))
+
+    def _publish(self, fields: dict) -> None:
+        fields = dict(fields)
+        if "consul_failed" in fields:
+            self.state.consul_failed(fields.pop("consul_failed"))
+        if fields.pop("consul_ok", False):
+            self.state.consul_ok()
+        if fields.pop("child_started", False):
+            self.state.child_started()
+        if fields.get("leader") == "self":
+            fields["leader"] = {**self.identity.as_dict(), "session": self.core.memory.session,
+                                "since": self.leader_since}
+        if fields:
+            self.state.update(**fields)
+
+    def _child_env(self, token: int, deadline: float) -> dict[str, str]:
+        return {
+            "CONSUL_ELECT_LEADER": "1",
+            "CONSUL_ELECT_KEY": self.config.key,
+            "CONSUL_ELECT_NAME": self.config.name,
+            "CONSUL_ELECT_SESSION": self.core.memory.session,
+            "CONSUL_ELECT_FENCING_TOKEN": str(token),
+            "CONSUL_ELECT_LEASE_DEADLINE": f"{deadline:.3f}",
+            "CONSUL_ELECT_LEASE_CLOCK": clock.CLOCK_NAME,
+            "CONSUL_LOCK_HELD": "true",
+        }
+
+    def _public_status_address(self) -> str:
+        # A wildcard bind is no address for others to use: name this host instead.
+        host, _, port = self.status_server.address.rpartition(":")
+        if host in ("0.0.0.0", "[::]", ""):
+            host = socket.gethostname()
+        return f"{host}:{port}"
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _remove_dir(path: str) -> None:
+    for name in ("lease-deadline", "lease-deadline.tmp"):
+        try:
+            os.unlink(os.path.join(path, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

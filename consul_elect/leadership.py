@@ -1,0 +1,1011 @@
+"""The leadership core: one pure function decides everything the elector does.
+
+    step(core, event, now, rand) -> (core, actions)
+
+No I/O and no clock reads here: the driver reads events (signals, key changes, renewals, the
+watchdog's answers, timers), passes the lease clock's `now` and a random number for jitter,
+performs the actions in order, and feeds each action's result back in as an event. `wake_at`
+says when the driver must call again with `Tick` if nothing else happens.
+
+The phase is one value carrying its own data:
+
+    Checking -> Campaigning -> Spawning -> Leading -> Stopping -> Campaigning (or Leaving)
+
+`Memory` is what outlives a phase: our session, the key as last seen, whether Consul answers,
+the last other holder we followed. Losing the lock is an ordinary event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+
+from . import config as defaults
+from .config import Config
+from .errors import (
+    ConsulError, ConsulTLSError, ConsulUnavailable, ElectError, InternalError, LeadershipLost, LeadershipTimeout, NotAnElectKey,
+    SessionGone, WatchdogFailed,
+)
+from .lock_key import KeyState, parse_identity
+from .state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN
+from .signals import SHUTDOWN_SIGNALS, name as signal_name
+from .watchdog_protocol import REASON_EXITED, REASON_LEASE_EXPIRED
+
+
+
+class Reach(enum.Enum):
+    NEVER = "never"       # Consul has not answered yet: patience is limited (STARTUP_PATIENCE)
+    NEVER_FAILING = "never-failing"  # ... and the last attempt failed
+    UP = "up"
+    DOWN = "down"         # it answered once, and the last request failed: ride it out
+
+    @property
+    def answered(self) -> bool:
+        return self in (Reach.UP, Reach.DOWN)
+
+    @property
+    def failing(self) -> bool:
+        return self in (Reach.NEVER_FAILING, Reach.DOWN)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Tick:
+    """A timer from wake_at() came due (or the loop's periodic wake-up)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRead:
+    """The answer to CheckKey: the key as it is before we campaign."""
+    key: KeyState | None
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyChanged:
+    """The key watcher's news; *index* is Consul's index of the answer."""
+    key: KeyState | None
+    index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchFailed:
+    error: ConsulError
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionOpened:
+    session: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquired:
+    token: int
+    sent_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class AcquireRefused:
+    """The key is held by another session, or a lock-delay is running."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HolderChecked:
+    session: str
+    alive: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestFailed:
+    """A request the driver made for an action failed (the error says how)."""
+    error: ConsulError
+
+
+@dataclasses.dataclass(frozen=True)
+class Renewed:
+    session: str
+    sent_at: float
+    latency: float = 0.0   # for the metrics only
+
+
+@dataclasses.dataclass(frozen=True)
+class RenewFailed:
+    session: str
+    error: ConsulError
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionEnded:
+    """Consul says the session no longer exists (destroyed, expired, its node gone)."""
+    session: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawned:
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnFailed:
+    lease_expired: bool
+    code: int | None
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildExited:
+    pid: int | None
+    status: int | None
+    reason: str
+    killed: bool
+    confirmed: bool
+    survivors: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupKilled:
+    """The elector's own kill of the command's containment: *confirmed* once nothing is left."""
+    confirmed: bool
+    survivors: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    signo: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchdogLost:
+    """The watchdog process is gone (its socket closed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchdogUnresponsive:
+    """The watchdog answered no ping for WATCHDOG_ANSWER_TIMEOUT (frozen or wedged)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadFailed:
+    """A worker thread hit an unexpected error and is gone; the process must fail visibly."""
+    thread: str
+    error: str
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckKey:
+    """Read the key once (answer: KeyRead): refuse to campaign on another tool's data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenSession:
+    """Create a session and start renewing it (answer: SessionOpened)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquire:
+    session: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckHolder:
+    session: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SetRenewInterval:
+    seconds: float
+    renew_now: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SendLease:
+    """Give the watchdog the lease deadline (and the value to release the key with)."""
+    session: str
+    deadline: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    token: int
+    deadline: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StopChild:
+    grace: float
+
+
+@dataclasses.dataclass(frozen=True)
+class KillGroup:
+    """The elector kills the command's containment itself (answer: GroupKilled)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KillWatchdog:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    signo: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EndSession:
+    """Stop renewing *session*; with *release*, release the key marked `released` and destroy
+    the session. Without, leave it to expire (its TTL and lock-delay still protect the key)."""
+    session: str
+    release: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Publish:
+    """Update the published snapshot (only the fields given)."""
+    fields: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Log:
+    level: int
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Exit:
+    """Leave with the command's *status*, or raise *error* at the edge."""
+    status: int = 0
+    error: ElectError | None = None
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Checking:
+    started_at: float
+    next_at: float
+    backoff: float = defaults.RECONNECT_BACKOFF_MIN
+
+
+@dataclasses.dataclass(frozen=True)
+class HolderWait:
+    """A key freed without lock-delay while *session* (its holder) may still run its command."""
+    session: str
+    until: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Campaigning:
+    started_at: float
+    # When to act next (open a session, acquire, check an old holder); None: wait for news.
+    next_at: float | None
+    backoff: float = defaults.RECONNECT_BACKOFF_MIN
+    # Until then a refused acquire on a free key means a lock-delay: retry quickly.
+    quick_retry_until: float = 0.0
+    holder_wait: HolderWait | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawning:
+    token: int
+    deadline: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Leading:
+    token: int
+    deadline: float
+    pid: int
+    # False after the key watch failed: renewals prove the session, not that the key is still
+    # ours, so they extend the lease only while the watch answers.
+    watch_ok: bool = True
+
+
+class Then(enum.Enum):
+    CAMPAIGN = "campaign"
+    EXIT = "exit"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopping:
+    reason: str
+    then: Then
+    deadline: float
+    # None while the spawn has not been answered yet, or once the watchdog reported the exit.
+    pid: int | None
+    # Whether the key is still ours: only then do renewals extend the deadline.
+    key_held: bool
+    # The outcome once stopped: the exit status (None: take the command's), or an error.
+    status: int | None = None
+    error: ElectError | None = None
+    # Set once the command's run was reported over but something of it survived.
+    survivors: tuple | None = None
+    next_kill_at: float | None = None
+    shutdown_signo: int | None = None  # the signal that asked us to leave (exit 128+N if no status)
+    forced_by: int | None = None      # a second shutdown signal asked for SIGKILL now
+    backup_killed: bool = False       # the elector's own SIGKILL at the deadline was sent
+    watchdog_dead: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaving:
+    exit: Exit
+
+
+Phase = Checking | Campaigning | Spawning | Leading | Stopping | Leaving
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Another candidate's session we followed, with its own timings (from its identity)."""
+    session: str
+    lease_window: float | None
+    lock_delay: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    session: str | None = None
+    key: KeyState | None = None
+    consul: Reach = Reach.NEVER
+    consul_error: ConsulError | None = None   # the last failure, while Consul is failing
+    holder: Holder | None = None
+    # Our own earlier sessions: a key still held by one of them leads nobody (we could not
+    # release it while Consul was down); it only blocks the key until Consul expires it.
+    ended_sessions: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Core:
+    config: Config
+    phase: Phase
+    memory: Memory = Memory()
+
+
+Actions = list
+
+
+def start(config: Config, now: float) -> tuple[Core, Actions]:
+    core = Core(config, Checking(started_at=now, next_at=now))
+    return core, [Publish({"state": CAMPAIGNING}),
+                  Log(logging.INFO, f"campaigning for {config.key} as {config.name}")]
+
+
+def wake_at(core: Core) -> float | None:
+    """When step() must be called with Tick if no other event arrives first."""
+    p, c = core.phase, core.config
+    if isinstance(p, Checking):
+        return min(p.next_at, _patience_end(core, p.started_at) or p.next_at)
+    if isinstance(p, Campaigning):
+        moments = [t for t in (p.next_at, _patience_end(core, p.started_at)) if t is not None]
+        return min(moments) if moments else None
+    if isinstance(p, Spawning):
+        return p.deadline - c.grace
+    if isinstance(p, Leading):
+        return p.deadline - c.grace
+    if isinstance(p, Stopping):
+        moments = [p.next_kill_at] if p.next_kill_at is not None else []
+        if not p.backup_killed and p.survivors is None:
+            moments.append(p.deadline)
+        return min(moments) if moments else None
+    return None
+
+
+def step(core: Core, event, now: float, rand: float = 0.5) -> tuple[Core, Actions]:
+    """Decide what *event* means in the current phase; return the next core and what to do."""
+    if isinstance(core.phase, Leaving):
+        return core, []
+    common = _common(core, event, now)
+    if common is not None:
+        return common
+    handler = _HANDLERS[type(core.phase)]
+    return handler(core, core.phase, event, now, rand)
+
+
+# -- events every phase treats alike ---------------------------------------------------------
+
+
+def _common(core: Core, event, now: float):
+    m = core.memory
+    if isinstance(event, (RenewFailed, WatchFailed)):
+        core, actions = _consul_down(core, event.error)
+        if isinstance(event, WatchFailed) and isinstance(core.phase, Leading):
+            core = dataclasses.replace(core, phase=dataclasses.replace(core.phase, watch_ok=False))
+        return core, actions + _published_state(core)
+    if isinstance(event, ThreadFailed):
+        error = InternalError(f"the {event.thread} thread failed: {event.error}")
+        return _abort(core, now, error, f"internal error in the {event.thread} thread: {event.error}")
+    if isinstance(event, SessionEnded) and event.session != m.session:
+        return core, []  # an old session's news
+    if isinstance(event, Renewed) and event.session != m.session:
+        return core, []
+    return None
+
+
+def _consul_down(core: Core, error: ConsulError) -> tuple[Core, Actions]:
+    """A request failed: say so once per outage, and count it."""
+    actions: Actions = [Publish({"consul_failed": str(error)})]
+    if not core.memory.consul.failing:
+        actions.insert(0, Log(logging.WARNING, f"Consul unreachable: {error}"))
+    reach = Reach.DOWN if core.memory.consul.answered else Reach.NEVER_FAILING
+    return _with_memory(core, consul=reach, consul_error=error), actions
+
+
+def _consul_up(core: Core) -> tuple[Core, Actions]:
+    """Consul answered: note it, and say so once after an outage."""
+    if core.memory.consul is Reach.UP:
+        return core, []
+    actions: Actions = [Publish({"consul_ok": True})]
+    if core.memory.consul.failing:
+        actions.insert(0, Log(logging.INFO, "Consul is reachable again"))
+    return _with_memory(core, consul=Reach.UP, consul_error=None), actions
+
+
+def _published_state(core: Core) -> Actions:
+    """While not leading, the published state follows Consul's reachability and the key."""
+    if not isinstance(core.phase, (Checking, Campaigning)):
+        return []
+    if core.memory.consul.failing:
+        return [Publish({"state": DISCONNECTED})]
+    return [Publish({"state": FOLLOWER if _other_holder(core) else CAMPAIGNING})]
+
+
+def _other_holder(core: Core) -> bool:
+    kv = core.memory.key
+    return (kv is not None and kv.session is not None and kv.session != core.memory.session
+            and kv.session not in core.memory.ended_sessions)
+
+
+def _with_memory(core: Core, **fields) -> Core:
+    return dataclasses.replace(core, memory=dataclasses.replace(core.memory, **fields))
+
+
+def _retry_delay(core: Core, error: ConsulError, backoff: float, rand: float) -> float:
+    if isinstance(error, ConsulUnavailable) and error.retry_after:
+        return max(error.retry_after, defaults.RECONNECT_BACKOFF_MIN)
+    return backoff * (1 + defaults.RETRY_JITTER * (2 * rand - 1))
+
+
+def _next_backoff(backoff: float) -> float:
+    return min(backoff * 2, defaults.RECONNECT_BACKOFF_MAX)
+
+
+def _fatal(core: Core, error: ConsulError) -> bool:
+    """Errors retrying cannot fix. A TLS failure after Consul once answered may be a certificate
+    rotation in progress, so it is retried then; before, it is a wrong setting."""
+    if isinstance(error, ConsulTLSError):
+        return not core.memory.consul.answered
+    return not isinstance(error, (ConsulUnavailable, SessionGone))
+
+
+def _patience_end(core: Core, started_at: float) -> float | None:
+    if core.config.timeout is not None:
+        return started_at + core.config.timeout
+    if not core.memory.consul.answered:
+        return started_at + defaults.STARTUP_PATIENCE
+    return None
+
+
+def _out_of_patience(core: Core, started_at: float, now: float):
+    end = _patience_end(core, started_at)
+    if end is None or now < end:
+        return None
+    waited = now - started_at
+    if core.memory.consul.failing or not core.memory.consul.answered:
+        error = core.memory.consul_error or ConsulUnavailable("Consul did not answer")
+        return _leave(core, Exit(error=ConsulUnavailable(f"{error} (gave up after {waited:.0f}s)")))
+    return _leave(core, Exit(error=LeadershipTimeout(
+        f"not elected leader of {core.config.key} within {waited:.1f}s")))
+
+
+def _leave(core: Core, exit_: Exit, actions: Actions | None = None) -> tuple[Core, Actions]:
+    """Leave while no command runs: end the session (releasing if ours), then exit."""
+    actions = list(actions or [])
+    if core.memory.session is not None:
+        actions.append(EndSession(core.memory.session, release=True))
+        core = _forget_session(core)
+    return dataclasses.replace(core, phase=Leaving(exit_)), actions + [exit_]
+
+
+def _forget_session(core: Core) -> Core:
+    m = core.memory
+    ended = (m.ended_sessions + (m.session,))[-8:] if m.session else m.ended_sessions
+    return _with_memory(core, session=None, ended_sessions=ended)
+
+
+def _abort(core: Core, now: float, error: ElectError, message: str) -> tuple[Core, Actions]:
+    """Something the elector cannot work around: stop the command (if any) and leave with *error*."""
+    p = core.phase
+    log = Log(logging.ERROR, message)
+    if isinstance(p, (Spawning, Leading)):
+        core, actions = _begin_stop(core, now, message, Then.EXIT, key_held=True, error=error, log=False)
+        return core, [log, *actions]
+    if isinstance(p, Stopping):
+        return dataclasses.replace(core, phase=dataclasses.replace(p, then=Then.EXIT, error=error)), [log]
+    return _leave(core, Exit(error=error), [log])
+
+
+# -- Checking: is the key ours to campaign on? -----------------------------------------------
+
+
+def _checking(core: Core, p: Checking, event, now: float, rand: float):
+    if isinstance(event, Tick):
+        gave_up = _out_of_patience(core, p.started_at, now)
+        if gave_up:
+            return gave_up
+        if now >= p.next_at:
+            # Re-armed on failure; a success moves on to Campaigning.
+            return dataclasses.replace(core, phase=dataclasses.replace(p, next_at=now + 3600)), [CheckKey()]
+        return core, []
+    if isinstance(event, KeyRead):
+        core, actions = _consul_up(core)
+        kv = event.key
+        if kv is not None and kv.value and parse_identity(kv.value) is None:
+            return _leave(core, Exit(error=NotAnElectKey(
+                f"refusing to campaign on {core.config.key}: it holds {len(kv.value)} bytes that are not a "
+                "consul-elect identity (another tool's data?); use another key")), actions)
+        core = dataclasses.replace(core, phase=Campaigning(started_at=p.started_at, next_at=now))
+        core, seen = _see_key(core, kv, now)
+        return core, actions + seen
+    if isinstance(event, RequestFailed):
+        if _fatal(core, event.error):
+            return _leave(core, Exit(error=event.error))
+        core, actions = _consul_down(core, event.error)
+        gave_up = _out_of_patience(core, p.started_at, now)
+        if gave_up:
+            return gave_up[0], actions + gave_up[1]
+        delay = _retry_delay(core, event.error, p.backoff, rand)
+        phase = dataclasses.replace(p, next_at=now + delay, backoff=_next_backoff(p.backoff))
+        return dataclasses.replace(core, phase=phase), actions + _published_state(core)
+    if isinstance(event, KeyChanged):
+        return _with_memory(core, key=event.key), []
+    return _not_leading(core, event)
+
+
+def _not_leading(core: Core, event) -> tuple[Core, Actions]:
+    """Events any non-leading phase handles the same way."""
+    if isinstance(event, Signal):
+        if event.signo in SHUTDOWN_SIGNALS:
+            return _leave(core, Exit(status=0),
+                          [Log(logging.INFO, f"received {signal_name(event.signo)} while not leading: leaving the race")])
+        return core, [Log(logging.INFO, f"received {signal_name(event.signo)} while not leading: "
+                                        "no command to forward it to")]
+    if isinstance(event, (WatchdogLost, WatchdogUnresponsive)):
+        what = "died" if isinstance(event, WatchdogLost) else "stopped answering"
+        actions = [KillWatchdog()] if isinstance(event, WatchdogUnresponsive) else []
+        return _leave(core, Exit(error=WatchdogFailed(f"the watchdog process {what}; leaving")),
+                      [Log(logging.ERROR, f"the watchdog process {what}; leaving"), *actions])
+    if isinstance(event, Renewed):
+        core, actions = _consul_up(core)
+        return core, actions + _published_state(core)
+    return core, []
+
+
+# -- Campaigning -----------------------------------------------------------------------------
+
+
+def _campaigning(core: Core, p: Campaigning, event, now: float, rand: float):
+    c, m = core.config, core.memory
+    if isinstance(event, Tick):
+        gave_up = _out_of_patience(core, p.started_at, now)
+        if gave_up:
+            return gave_up
+        if p.next_at is None or now < p.next_at:
+            return core, []
+        if m.session is None:
+            return _set(core, p, next_at=None), [OpenSession()]
+        if p.holder_wait is not None:
+            if now >= p.holder_wait.until:
+                return _set(core, p, holder_wait=None, next_at=None), [
+                    Log(logging.WARNING, f"session {p.holder_wait.session} of the previous leader still exists, but "
+                                         "its lease window has passed since the key was freed: campaigning"),
+                    Acquire(m.session)]
+            return _set(core, p, next_at=None), [CheckHolder(p.holder_wait.session)]
+        return _set(core, p, next_at=None), [Acquire(m.session)]
+    if isinstance(event, SessionOpened):
+        core, actions = _consul_up(core)
+        core = _with_memory(core, session=event.session)
+        actions += [SetRenewInterval(c.follower_renew_interval), Publish({"session": event.session}),
+                    Log(logging.DEBUG, f"session {event.session} created (ttl {c.ttl:g}s, lock-delay {c.lock_delay:g}s)")]
+        # Someone else leads: wait for the key to change. Otherwise act at once.
+        following = _other_holder(core) and p.holder_wait is None
+        return _set(core, core.phase, next_at=None if following else now,
+                    backoff=defaults.RECONNECT_BACKOFF_MIN), actions
+    if isinstance(event, Acquired):
+        core, actions = _consul_up(core)
+        return _elected(core, event, now, actions)
+    if isinstance(event, AcquireRefused):
+        core, actions = _consul_up(core)
+        p = core.phase
+        if _other_holder(core):
+            return _set(core, p, next_at=None, backoff=defaults.RECONNECT_BACKOFF_MIN), actions
+        # Free but refused: a lock-delay is running (quickly retried while one can be), or our
+        # view of the key is stale (the watch will tell; meanwhile, back off).
+        if now < p.quick_retry_until:
+            return _set(core, p, next_at=now + defaults.LOCK_DELAY_RETRY), actions
+        delay = p.backoff * (1 + defaults.RETRY_JITTER * (2 * rand - 1))
+        return _set(core, p, next_at=now + delay, backoff=_next_backoff(p.backoff)), actions
+    if isinstance(event, HolderChecked):
+        if p.holder_wait is None or event.session != p.holder_wait.session:
+            return core, []
+        core, actions = _consul_up(core)
+        if not event.alive:
+            return _set(core, core.phase, holder_wait=None, next_at=now), actions
+        return _set(core, core.phase, next_at=now + defaults.HOLDER_POLL), actions
+    if isinstance(event, RequestFailed):
+        error = event.error
+        if isinstance(error, SessionGone) and m.session is not None:
+            core = _forget_session(core)
+            return _set(core, p, next_at=now), [EndSession(m.session, release=False)]
+        if _fatal(core, error):
+            return _leave(core, Exit(error=error))
+        core, actions = _consul_down(core, error)
+        gave_up = _out_of_patience(core, p.started_at, now)
+        if gave_up:
+            return gave_up[0], actions + gave_up[1]
+        delay = _retry_delay(core, error, p.backoff, rand)
+        core = _set(core, p, next_at=now + delay, backoff=_next_backoff(p.backoff))
+        return core, actions + _published_state(core)
+    if isinstance(event, SessionEnded):
+        core = _forget_session(core)
+        return _set(core, p, next_at=now), [
+            Log(logging.WARNING, f"session {event.session} was invalidated; opening a new one"),
+            EndSession(event.session, release=False), Publish({"session": None})]
+    if isinstance(event, KeyChanged):
+        core, actions = _consul_up(core)
+        core, seen = _see_key(core, event.key, now)
+        return core, actions + seen
+    return _not_leading(core, event)
+
+
+def _set(core: Core, phase, **fields) -> Core:
+    return dataclasses.replace(core, phase=dataclasses.replace(phase, **fields))
+
+
+def _see_key(core: Core, kv: KeyState | None, now: float) -> tuple[Core, Actions]:
+    """Follow who leads while we campaign, and decide when it is safe to try the key."""
+    p: Campaigning = core.phase
+    m = core.memory
+    previous = m.holder
+    core = _with_memory(core, key=kv)
+    if _other_holder(core):
+        holder = parse_identity(kv.value) or {}
+        followed = Holder(kv.session, _number(holder.get("lease_window")), _number(holder.get("lock_delay")))
+        actions: Actions = []
+        if previous is None or previous.session != kv.session:
+            leader_name = holder.get("name") or "a non-consul-elect holder"
+            actions.append(Log(logging.INFO, f"following {leader_name} (session {kv.session})"))
+        core = _with_memory(core, holder=followed)
+        leader = {**holder, "name": holder.get("name"), "session": kv.session}
+        core = _set(core, p, next_at=None if m.session is not None else p.next_at, holder_wait=None)
+        return core, actions + [Publish({"leader": leader}), *_published_state(core)]
+    core = _with_memory(core, holder=None)
+    actions = [Publish({"leader": None}), *_published_state(core)]
+    wait = _unclean_release(core, kv, previous, now)
+    lock_delay = (previous.lock_delay if previous and previous.lock_delay is not None else defaults.MAX_LOCK_DELAY)
+    quick_until = now + lock_delay + defaults.LOCK_DELAY_MARGIN if previous is not None else p.quick_retry_until
+    core = _set(core, p, holder_wait=wait, quick_retry_until=quick_until,
+                next_at=now if (m.session is not None or p.next_at is None) else p.next_at)
+    if wait is not None:
+        actions.append(Log(logging.WARNING, f"{core.config.key} was freed without Consul's lock-delay while session "
+                                            f"{wait.session} held it: waiting for that session to end"))
+    return core, actions
+
+
+def _unclean_release(core: Core, kv: KeyState | None, previous: Holder | None, now: float) -> HolderWait | None:
+    """The key is free: was it freed by consul-elect after its command died, or some other way?
+
+    Deleted, or released without the `released` mark: the previous holder's command may still
+    run, and no lock-delay protects us. Wait until its session is gone, or its lease window
+    (plus a margin) has passed.
+    """
+    holder = parse_identity(kv.value) if kv is not None else None
+    if holder is not None and holder.get("released"):
+        return None
+    if holder is not None and isinstance(holder.get("session"), str):
+        session, window = holder["session"], _number(holder.get("lease_window"))
+    elif kv is None and previous is not None:
+        session, window = previous.session, previous.lease_window
+    else:
+        return None
+    if session == core.memory.session or session in core.memory.ended_sessions:
+        return None
+    if previous is None or previous.session != session:
+        # We never saw this session hold the key: it was freed before we started watching,
+        # and its lease window is long over or unknown to us; the key's state is history.
+        return None
+    window = window if window is not None else core.config.lease_window
+    return HolderWait(session, now + window + defaults.HOLDER_MARGIN)
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple[Core, Actions]:
+    c, m = core.config, core.memory
+    deadline = event.sent_at + c.lease_window
+    # The spawn goes first: nothing else stands between the acquire and the command's start.
+    spawn_first = [SendLease(m.session, deadline), Spawn(event.token, deadline)]
+    core = dataclasses.replace(core, phase=Spawning(event.token, deadline), memory=dataclasses.replace(m, holder=None))
+    return core, spawn_first + [
+        # The lease counts from when the acquire was sent; if Consul took long to answer, most
+        # of it is gone: get a fresh proof at once.
+        SetRenewInterval(c.renew_interval, renew_now=now - event.sent_at > c.renew_interval),
+        Publish({"state": LEADER, "fencing_token": event.token, "lease_deadline": deadline, "leader": "self"}),
+        Log(logging.INFO, f"elected leader of {c.key} (fencing token {event.token})"),
+        *actions,
+    ]
+
+
+# -- Spawning, Leading -------------------------------------------------------------------------
+
+
+def _loss(core: Core, event, token: int) -> str | None:
+    """Why this event means the key is no longer ours (None: it does not)."""
+    m = core.memory
+    if isinstance(event, KeyChanged):
+        if event.index < token:
+            return None  # posted before our acquire: history, not news
+        if event.key is None:
+            return "the key was deleted"
+        if event.key.session != m.session:
+            return "the key was released" if event.key.session is None else f"the key is held by session {event.key.session}"
+        return None
+    if isinstance(event, SessionEnded) and event.session == m.session:
+        return "our session was invalidated"
+    return None
+
+
+def _spawning(core: Core, p: Spawning, event, now: float, rand: float):
+    c = core.config
+    if isinstance(event, Spawned):
+        return _set_phase(core, Leading(p.token, p.deadline, event.pid)), [
+            Publish({"child_started": True}), Log(logging.INFO, f"started the command (pid {event.pid})")]
+    if isinstance(event, SpawnFailed):
+        if event.lease_expired:
+            return _lost_without_child(core, now, "the lease ran out before the command could start")
+        return _leave(core, Exit(status=event.code or 0), [Log(logging.ERROR, event.error)])
+    return _holding(core, p, event, now)
+
+
+def _leading(core: Core, p: Leading, event, now: float, rand: float):
+    c = core.config
+    if isinstance(event, ChildExited) and event.pid == p.pid:
+        if event.reason == REASON_LEASE_EXPIRED:
+            reason = "lease expired: the watchdog killed the command"
+            core = _set_phase(core, _stopping_from(p, reason, Then.CAMPAIGN, key_held=False))
+            core, actions = _child_over(core, event, now)
+            return core, [Publish({"state": STEPPING_DOWN, "fencing_token": None, "lease_deadline": None}),
+                          Log(logging.WARNING, f"lost leadership of {c.key}: {reason}"), *actions]
+        core = _set_phase(core, _stopping_from(p, "the command exited", Then.EXIT, key_held=True))
+        core, actions = _child_over(core, event, now)
+        status = f"with status {event.status}" if event.status is not None else "(status unknown)"
+        return core, [Log(logging.INFO, f"the command exited {status}; releasing {c.key}"), *actions]
+    if isinstance(event, Signal) and event.signo not in SHUTDOWN_SIGNALS:
+        return core, [Forward(event.signo)]
+    if isinstance(event, KeyChanged) and _loss(core, event, p.token) is None and event.index >= p.token:
+        return _set(_with_memory(core, key=event.key), p, watch_ok=True), []
+    return _holding(core, p, event, now)
+
+
+def _holding(core: Core, p: Spawning | Leading, event, now: float):
+    """What Spawning and Leading share: renewals, loss, shutdown, the lease running out."""
+    c = core.config
+    if isinstance(event, Tick):
+        if now >= p.deadline - c.grace:
+            return _begin_stop(core, now, f"lease running out: no proof of life for "
+                                          f"{c.lease_window - c.grace:.2f}s", Then.CAMPAIGN, key_held=True)
+        return core, []
+    if isinstance(event, Renewed):
+        core, actions = _consul_up(core)
+        if isinstance(p, Leading) and not p.watch_ok:
+            return core, actions
+        deadline = max(p.deadline, event.sent_at + c.lease_window)
+        return _set(core, p, deadline=deadline), actions + [
+            SendLease(core.memory.session, deadline), Publish({"lease_deadline": deadline})]
+    reason = _loss(core, event, p.token)
+    if reason is not None:
+        if isinstance(event, KeyChanged):
+            core = _with_memory(core, key=event.key)
+        return _begin_stop(core, now, reason, Then.CAMPAIGN, key_held=False)
+    if isinstance(event, Signal) and event.signo in SHUTDOWN_SIGNALS:
+        return _begin_stop(core, now, None, Then.EXIT, key_held=True, signo=event.signo)
+    if isinstance(event, (WatchdogLost, WatchdogUnresponsive)):
+        return _watchdog_gone(core, event, now)
+    if isinstance(event, KeyChanged):
+        return core, []
+    if isinstance(event, Signal):
+        return core, [Log(logging.INFO, f"received {signal_name(event.signo)} before the command started: not forwarded")]
+    return core, []
+
+
+def _set_phase(core: Core, phase) -> Core:
+    return dataclasses.replace(core, phase=phase)
+
+
+def _stopping_from(p: Spawning | Leading, reason: str, then: Then, key_held: bool, **fields) -> Stopping:
+    return Stopping(reason=reason, then=then, deadline=p.deadline, pid=getattr(p, "pid", None), key_held=key_held,
+                    **fields)
+
+
+def _begin_stop(core: Core, now: float, reason: str | None, then: Then, key_held: bool, signo: int | None = None,
+                error: ElectError | None = None, log: bool = True) -> tuple[Core, Actions]:
+    """Stop the command (SIGTERM, SIGKILL after the grace) and publish that we no longer lead."""
+    c, p = core.config, core.phase
+    actions: Actions = [StopChild(c.grace),
+                        Publish({"state": STEPPING_DOWN, "fencing_token": None, "lease_deadline": None})]
+    if signo is not None:
+        reason = f"received {signal_name(signo)}"
+        actions.append(Log(logging.INFO, f"{reason}: stopping the command (grace {c.grace:g}s)"))
+    elif log:
+        actions.append(Log(logging.WARNING, f"lost leadership of {c.key}: {reason}"))
+        actions.append(Log(logging.INFO, f"stepping down: stopping the command (grace {c.grace:g}s)"))
+    stopping = _stopping_from(p, reason, then, key_held, error=error, shutdown_signo=signo)
+    return _set_phase(core, stopping), actions
+
+
+def _lost_without_child(core: Core, now: float, reason: str) -> tuple[Core, Actions]:
+    """Leadership ended with no command running: release, then campaign again (or exit 75)."""
+    c = core.config
+    actions: Actions = [Publish({"state": STEPPING_DOWN, "fencing_token": None, "lease_deadline": None}),
+                        Log(logging.WARNING, f"lost leadership of {c.key}: {reason}")]
+    return _after_stop(core, Then.CAMPAIGN, reason, None, None, now, actions)
+
+
+def _after_stop(core: Core, then: Then, reason: str, status: int | None, error: ElectError | None, now: float,
+                actions: Actions) -> tuple[Core, Actions]:
+    """The command is confirmed gone: end the session (releasing), then campaign or leave."""
+    c, m = core.config, core.memory
+    if m.session is not None:
+        actions.append(EndSession(m.session, release=True))
+        core = _forget_session(core)
+    if then is Then.EXIT:
+        exit_ = Exit(status=status if status is not None else 0, error=error)
+        return dataclasses.replace(core, phase=Leaving(exit_)), actions + [exit_]
+    if c.exit_on_loss:
+        exit_ = Exit(error=LeadershipLost(f"lost leadership of {c.key}: {reason}"))
+        return dataclasses.replace(core, phase=Leaving(exit_)), actions + [exit_]
+    core = _set_phase(core, Campaigning(started_at=now, next_at=now))
+    core, seen = _see_key(core, m.key, now)
+    actions += [Publish({"state": CAMPAIGNING, "session": None}),
+                Log(logging.INFO, f"campaigning for {c.key} as {c.name}"), *seen]
+    return core, actions
+
+
+def _watchdog_gone(core: Core, event, now: float) -> tuple[Core, Actions]:
+    """The watchdog died or froze while a command may run: kill the command's group ourselves,
+    confirm it gone, and only then give up the lease."""
+    what = "died" if isinstance(event, WatchdogLost) else "stopped answering"
+    p = core.phase
+    error = WatchdogFailed(f"the watchdog process {what}; the command was stopped")
+    actions: Actions = [Log(logging.ERROR, f"the watchdog process {what}: killing the command's group and leaving"),
+                        Publish({"state": STEPPING_DOWN, "fencing_token": None, "lease_deadline": None})]
+    if isinstance(event, WatchdogUnresponsive):
+        actions.append(KillWatchdog())
+    actions.append(KillGroup())
+    if isinstance(p, Stopping):
+        stopping = dataclasses.replace(p, then=Then.EXIT, error=error, watchdog_dead=True, backup_killed=True,
+                                       next_kill_at=None)
+    else:
+        stopping = _stopping_from(p, f"the watchdog {what}", Then.EXIT, key_held=True, error=error,
+                                  watchdog_dead=True, backup_killed=True)
+    return _set_phase(core, stopping), actions
+
+
+# -- Stopping ------------------------------------------------------------------------------------
+
+
+def _stopping(core: Core, p: Stopping, event, now: float, rand: float):
+    c = core.config
+    if isinstance(event, Spawned):
+        # The spawn was answered after we began to stop: the Stop order follows it, so the
+        # watchdog stops this command next.
+        return _set(core, p, pid=event.pid), [Publish({"child_started": True})]
+    if isinstance(event, SpawnFailed):
+        return _child_over(core, ChildExited(None, event.code, "spawn-failed", False, True), now)
+    if isinstance(event, ChildExited) and (p.pid is None or event.pid in (p.pid, None)):
+        return _child_over(core, event, now)
+    if isinstance(event, GroupKilled):
+        if event.confirmed:
+            if p.survivors is not None or p.watchdog_dead:
+                return _finished(core, p, p.status, now, [])
+            return core, []
+        return _set(core, p, survivors=tuple(event.survivors) or p.survivors or (),
+                    next_kill_at=now + defaults.CONTAIN_RETRY), _survivors_log(p, event.survivors)
+    if isinstance(event, Tick):
+        if p.next_kill_at is not None and now >= p.next_kill_at:
+            return _set(core, p, next_kill_at=None), [KillGroup()]
+        if not p.backup_killed and p.survivors is None and now >= p.deadline:
+            # The watchdog kills at the deadline; if it is frozen, we must. Twice is harmless.
+            return _set(core, p, backup_killed=True), [KillGroup()]
+        return core, []
+    if isinstance(event, Renewed):
+        core, actions = _consul_up(core)
+        if not p.key_held:
+            return core, actions
+        deadline = max(p.deadline, event.sent_at + c.lease_window)
+        return _set(core, p, deadline=deadline), actions + [SendLease(core.memory.session, deadline)]
+    if isinstance(event, KeyChanged):
+        core = _with_memory(core, key=event.key)
+        if p.key_held and (event.key is None or event.key.session != core.memory.session):
+            return _set(core, p, key_held=False), []
+        return core, []
+    if isinstance(event, SessionEnded):
+        return _set(core, p, key_held=False), []
+    if isinstance(event, Signal):
+        if event.signo in SHUTDOWN_SIGNALS:
+            if p.watchdog_dead or p.survivors is not None:
+                return _set(core, p, then=Then.EXIT, forced_by=event.signo), [KillGroup()]
+            return _set(core, p, then=Then.EXIT, forced_by=event.signo,
+                        shutdown_signo=p.shutdown_signo or event.signo), [
+                Log(logging.WARNING, f"second signal ({signal_name(event.signo)}): killing the command now"),
+                StopChild(0.0)]
+        return core, [Forward(event.signo)]
+    if isinstance(event, (WatchdogLost, WatchdogUnresponsive)):
+        if p.watchdog_dead:
+            return core, []
+        return _watchdog_gone(core, event, now)
+    return core, []
+
+
+def _survivors_log(p: Stopping, survivors) -> Actions:
+    if p.survivors is not None:
+        return []  # said once; the retries are quiet
+    pids = ", ".join(str(s) for s in survivors) or "unknown"
+    return [Log(logging.ERROR, f"processes of the command survive SIGKILL (pids {pids}; another user's, e.g. "
+                               f"setuid?): keeping the key held and renewed until they are gone")]
+
+
+def _child_over(core: Core, event: ChildExited, now: float) -> tuple[Core, Actions]:
+    """The watchdog reports the command's run over."""
+    p: Stopping = core.phase
+    actions: Actions = []
+    if event.killed:
+        if p.forced_by is not None:
+            actions.append(Log(logging.WARNING, f"the command was killed with SIGKILL at your second "
+                                                f"{signal_name(p.forced_by)}"))
+        elif event.reason == REASON_LEASE_EXPIRED:
+            pass
+        elif event.reason == REASON_EXITED:
+            actions.append(Log(logging.INFO, "killed what the command left running in its group"))
+        else:
+            actions.append(Log(logging.WARNING, "the command did not stop within the grace period: "
+                                                "killed with SIGKILL"))
+    status = p.status
+    if status is None and event.status is not None:
+        status = event.status
+    if status is None and p.shutdown_signo is not None:
+        status = 128 + p.shutdown_signo
+    p = dataclasses.replace(p, status=status, pid=None)
+    core = _set_phase(core, p)
+    if not event.confirmed:
+        core = _set_phase(core, dataclasses.replace(p, survivors=tuple(event.survivors),
+                                                    next_kill_at=now + defaults.CONTAIN_RETRY))
+        return core, actions + _survivors_log(p, event.survivors)
+    return _finished(core, p, status, now, actions)
+
+
+def _finished(core: Core, p: Stopping, status: int | None, now: float, actions: Actions) -> tuple[Core, Actions]:
+    if p.survivors:
+        actions = actions + [Log(logging.INFO, "the command's last processes are gone")]
+    return _after_stop(core, p.then, p.reason, status, p.error, now, actions)
+
+
+def _leaving(core, p, event, now, rand):
+    return core, []
+
+
+_HANDLERS = {
+    Checking: _checking,
+    Campaigning: _campaigning,
+    Spawning: _spawning,
+    Leading: _leading,
+    Stopping: _stopping,
+    Leaving: _leaving,
+}

@@ -1,0 +1,80 @@
+"""The lock key's value: who holds it, written by `run` and read by `status` and by candidates.
+
+The value is a JSON identity of the holder. Besides telling people who leads, it tells the
+other candidates two things they need for safety:
+- `lease_window` and `lock_delay`: how long the holder's command may outlive its last proof of
+  life, and how long Consul holds the key after the holder's session is invalidated;
+- `released`: present once the holder's command was confirmed dead and the key released by
+  consul-elect itself. A key freed any other way (an operator's `kv delete` or `?release=`)
+  applies no lock-delay while the old command may still run, so a candidate waits for the old
+  session to end first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+
+from . import __version__
+from .clock import utc_now_iso
+
+SESSION_NAME_PREFIX = "consul-elect"
+# Marks a value as ours: a key holding anything else belongs to another tool.
+IDENTITY_MARK = "consul_elect"
+
+
+def session_name(key: str, name: str) -> str:
+    """Sessions are named so `consul-elect status` can list the candidates waiting on a key."""
+    return f"{SESSION_NAME_PREFIX} {key} {name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyState:
+    """What the lock key holds right now."""
+
+    session: str | None
+    modify_index: int
+    lock_index: int
+    value: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who holds the lock, stored as the key's value."""
+
+    name: str
+    host: str
+    pid: int
+    started: str
+    version: str
+    lease_window: float
+    lock_delay: float
+    status_address: str | None = None
+
+    @classmethod
+    def of_this_process(cls, name: str, lease_window: float, lock_delay: float,
+                        status_address: str | None = None) -> Identity:
+        return cls(name, socket.gethostname(), os.getpid(), utc_now_iso(), __version__,
+                   round(lease_window, 3), lock_delay, status_address)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_value(self, session: str, since: str, released: bool = False) -> bytes:
+        doc = {IDENTITY_MARK: 1, **dataclasses.asdict(self), "session": session, "since": since}
+        if released:
+            doc["released"] = True
+        return json.dumps(doc, sort_keys=True).encode()
+
+
+def parse_identity(value: bytes | None) -> dict | None:
+    """The holder's identity, or None when the value is not one of ours."""
+    if not value:
+        return None
+    try:
+        doc = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get(IDENTITY_MARK) == 1 else None

@@ -1,0 +1,117 @@
+"""The messages between the elector and its watchdog, defined once for both ends.
+
+Newline-delimited JSON over a stream socketpair: `{"type": "<class name>", ...fields}`.
+Every order that changes what runs gets an answer: `Spawn` -> `Spawned` or `SpawnFailed`;
+`Stop` and `Quit` -> `Exited` (also when nothing was running); `Ping` -> `Pong`. The elector
+releases the key only on an `Exited` whose `confirmed` is true: the command's process group,
+its cgroup (where there is one) and every orphan the watchdog adopted are gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+# -- orders (elector -> watchdog) -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SetSession:
+    """The session to destroy if the elector dies (None: nothing to clean up)."""
+    session: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SetLease:
+    """Kill the command's group at *deadline* (lease clock) unless a later lease arrives.
+
+    *release_value* is what the watchdog writes when it releases the key on the elector's
+    behalf: the holder's identity marked `released`, so candidates know the command is dead.
+    """
+    deadline: float
+    release_value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    env: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardSignal:
+    signo: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """SIGTERM the group now, SIGKILL it after *grace* (or at the lease deadline, if sooner)."""
+    grace: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Quit:
+    """Kill whatever runs, confirm it gone, answer `Exited`, and exit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ping:
+    seq: int
+
+
+# -- events (watchdog -> elector) -----------------------------------------------------------
+
+REASON_EXITED = "exited"            # the command ended on its own
+REASON_STOPPED = "stopped"          # the elector asked (Stop or Quit)
+REASON_LEASE_EXPIRED = "lease-expired"  # the watchdog killed it at the lease deadline
+REASON_NOTHING = "nothing-running"  # answer to Stop/Quit when no command ran
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawned:
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnFailed:
+    lease_expired: bool
+    code: int | None
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Exited:
+    """The command's run ended. *status* is its exit code (128+N for signal N), None if unknown.
+
+    *confirmed*: the whole containment is empty. *survivors*: pids still seen when not.
+    *killed*: the watchdog had to SIGKILL (after the grace, at the deadline, or on Quit).
+    """
+    pid: int | None
+    status: int | None
+    reason: str
+    killed: bool
+    confirmed: bool
+    survivors: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Pong:
+    seq: int
+
+
+_TYPES = {cls.__name__: cls for cls in (SetSession, SetLease, Spawn, ForwardSignal, Stop, Quit, Ping,
+                                         Spawned, SpawnFailed, Exited, Pong)}
+
+
+def encode(message) -> bytes:
+    return json.dumps({"type": type(message).__name__, **dataclasses.asdict(message)}).encode() + b"\n"
+
+
+def decode(line: bytes):
+    """The message on one line; ValueError for anything that is not one."""
+    doc = json.loads(line)
+    cls = _TYPES.get(doc.pop("type", None)) if isinstance(doc, dict) else None
+    if cls is None:
+        raise ValueError(f"not a watchdog message: {line[:80]!r}")
+    if cls is Exited:
+        doc["survivors"] = tuple(doc.get("survivors") or ())
+    return cls(**doc)
