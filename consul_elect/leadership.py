@@ -786,7 +786,8 @@ def _leading(core: Core, p: Leading, event, now: float, rand: float):
         core = _set_phase(core, _stopping_from(p, "the command exited", Then.EXIT, key_held=True))
         core, actions = _child_over(core, event, now)
         status = f"with status {event.status}" if event.status is not None else "(status unknown)"
-        return core, [Log(logging.INFO, f"the command exited {status}; releasing {c.key}"), *actions]
+        return core, [Publish({"state": STEPPING_DOWN, "fencing_token": None, "lease_deadline": None}),
+                      Log(logging.INFO, f"the command exited {status}; releasing {c.key}"), *actions]
     if isinstance(event, Signal) and event.signo not in SHUTDOWN_SIGNALS:
         return core, [Forward(event.signo)]
     if isinstance(event, KeyChanged) and _loss(core, event, p.token) is None and event.index >= p.token:
