@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 
 from . import supervisor
@@ -16,6 +17,9 @@ from .config import Config
 from .watchdog import WatchdogLink
 
 log = logging.getLogger("consul_elect")
+
+# The variables through which the consul CLI (and so a command) would find our ACL token.
+TOKEN_VARIABLES = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE")
 
 
 def run(config: Config) -> int:
@@ -26,6 +30,11 @@ def run(config: Config) -> int:
         supervisor.check_command(config.command, os.environ.get("PATH"))
     # Orphans of the command whose watchdog is gone come to us, so we can stop them too.
     supervisor.become_subreaper()
+    if config.withhold_token:
+        # The command (forked by the watchdog, forked from us) must not see the token: drop it
+        # from the environment we pass down. The elector already holds it in config.connection.
+        for name in TOKEN_VARIABLES:
+            os.environ.pop(name, None)
     # Made here, by the elector, so that the elector removes it even when the watchdog is killed.
     lease_dir = tempfile.mkdtemp(prefix="consul-elect-")
     # Forked before any thread exists: threads do not survive a fork, and their locks might.
@@ -34,5 +43,6 @@ def run(config: Config) -> int:
         from .driver import Driver
     except BaseException:
         watchdog.send_quit_and_forget()
+        shutil.rmtree(lease_dir, ignore_errors=True)
         raise
     return Driver(config, watchdog).run()

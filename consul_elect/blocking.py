@@ -8,6 +8,7 @@ on errors.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 
@@ -17,6 +18,16 @@ from .consul_api import ConsulClient
 from .errors import ConsulError
 
 Query = Callable[[ConsulClient, int], tuple[int, object]]
+
+
+def _pause(backoff: float, error: ConsulError) -> float:
+    """The wait before the next attempt: *backoff* spread by +-RETRY_JITTER, and no shorter than
+    a Retry-After Consul sent (capped at WATCH_WAIT: a blocking query would have waited that long)."""
+    pause = backoff * random.uniform(1 - defaults.RETRY_JITTER, 1 + defaults.RETRY_JITTER)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        pause = max(pause, min(retry_after, defaults.WATCH_WAIT))
+    return pause
 
 
 class BlockingQueryLoop(threading.Thread):
@@ -43,7 +54,7 @@ class BlockingQueryLoop(threading.Thread):
             except ConsulError as e:
                 if not self.stopped.is_set():
                     self.on_error(e)
-                self.stopped.wait(backoff)
+                self.stopped.wait(_pause(backoff, e))
                 backoff = min(backoff * 2, defaults.RECONNECT_BACKOFF_MAX)
                 index = 0
                 continue

@@ -163,6 +163,11 @@ def cli():
               help="Exit 75 after losing leadership instead of campaigning again.")
 @click.option("--shell", envvar="CONSUL_ELECT_SHELL", show_envvar=True, is_flag=True,
               help="Run the command through /bin/sh -c.")
+@click.option("--withhold-token", envvar="CONSUL_ELECT_WITHHOLD_TOKEN", show_envvar=True, is_flag=True,
+              help="Do not pass CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE on to the command.")
+@click.option("--cgroup/--no-cgroup", envvar="CONSUL_ELECT_CGROUP", show_envvar=True, default=True, show_default=True,
+              help="Contain the command in a cgroup of its own where one can be made (Linux); without, "
+                   "its process group and orphans are swept.")
 @click.option("--port", envvar="CONSUL_ELECT_PORT", show_envvar=True, type=int, default=None,
               help="Serve /status, /health, /leader and /metrics on this port (0: any free port, logged).")
 @click.option("--bind", envvar="CONSUL_ELECT_BIND", show_envvar=True, default=defaults.DEFAULT_STATUS_BIND,
@@ -172,7 +177,7 @@ def cli():
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, bind, http_addr, token, token_file,
+def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhold_token, cgroup, port, bind, http_addr, token, token_file,
         ca_file, ca_path, client_cert, client_key, tls_server_name, datacenter, verbose, quiet, command):
     """Campaign on KEY and run COMMAND only while leader.
 
@@ -195,6 +200,7 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, port, b
     config = Config(
         key=key, command=tuple(command), name=socket.gethostname() if name is None else name, ttl=ttl, lock_delay=lock_delay,
         grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
+        withhold_token=withhold_token, cgroup=cgroup,
         connection=build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert, client_key,
                                     tls_server_name, datacenter),
     )

@@ -174,6 +174,12 @@ class Config:
     shell: bool = False
     status_port: int | None = None
     status_bind: str = DEFAULT_STATUS_BIND
+    # The command inherits our environment, CONSUL_HTTP_TOKEN included (as with `consul lock`),
+    # unless this is set.
+    withhold_token: bool = False
+    # Put the command in a cgroup of its own where one can be made (Linux): the strongest net
+    # for processes that leave its process group. Off: process group and subreaper sweep only.
+    cgroup: bool = True
 
     def __post_init__(self) -> None:
         validate_key(self.key)

@@ -231,7 +231,7 @@ class Driver:
             self.events.put(SpawnFailed(message.lease_expired, message.code, message.error))
         elif isinstance(message, proto.Exited):
             self.events.put(ChildExited(message.pid, message.status, message.reason, message.killed,
-                                        message.confirmed, message.survivors))
+                                        message.confirmed, message.survivors, message.swept))
 
     def _install_signal_handlers(self) -> None:
         def post(signo, _frame):
@@ -326,12 +326,18 @@ class Driver:
         if not release:
             return
         try:
-            if self.client.release(self.config.key, session, timeout=defaults.REQUEST_TIMEOUT):
+            # Marked `released`: candidates know the command is confirmed gone and need not wait.
+            value = self.identity.to_value(session, self.leader_since or utc_now_iso(), released=True)
+            if self.client.release(self.config.key, session, value, timeout=defaults.REQUEST_TIMEOUT):
                 log.info("released %s", self.config.key)
+        except ConsulError as e:
+            log.warning("could not release %s (Consul will when the session ends): %s", self.config.key, e)
+        # Destroyed even when the release failed (a token without key write): otherwise the
+        # session would hold on until its TTL.
+        try:
             self.client.destroy_session(session, timeout=defaults.REQUEST_TIMEOUT)
         except ConsulError as e:
-            log.warning("could not release %s / destroy session %s (Consul will expire it): %s",
-                        self.config.key, session, e)
+            log.warning("could not destroy session %s (Consul will expire it): %s", session, e)
 
     def _containment(self) -> containment.Containment:
         """What the elector itself can reach of the command: its group, the watchdog's cgroup,

@@ -30,7 +30,7 @@ from .errors import (
 from .lock_key import KeyState, parse_identity
 from .state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN
 from .signals import SHUTDOWN_SIGNALS, name as signal_name
-from .watchdog_protocol import REASON_EXITED, REASON_LEASE_EXPIRED
+from .watchdog_protocol import REASON_LEASE_EXPIRED
 
 
 
@@ -142,6 +142,7 @@ class ChildExited:
     killed: bool
     confirmed: bool
     survivors: tuple = ()
+    swept: bool = False   # it killed what the command left behind after exiting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -709,7 +710,8 @@ def _unclean_release(core: Core, kv: KeyState | None, previous: Holder | None, n
         return None
     if holder is not None and isinstance(holder.get("session"), str):
         session, window = holder["session"], _number(holder.get("lease_window"))
-    elif kv is None and previous is not None:
+    elif previous is not None:
+        # Deleted, or released with another value written (an empty one, by `?release=`).
         session, window = previous.session, previous.lease_window
     else:
         return None
@@ -971,13 +973,11 @@ def _child_over(core: Core, event: ChildExited, now: float) -> tuple[Core, Actio
         if p.forced_by is not None:
             actions.append(Log(logging.WARNING, f"the command was killed with SIGKILL at your second "
                                                 f"{signal_name(p.forced_by)}"))
-        elif event.reason == REASON_LEASE_EXPIRED:
-            pass
-        elif event.reason == REASON_EXITED:
-            actions.append(Log(logging.INFO, "killed what the command left running in its group"))
-        else:
+        elif event.reason != REASON_LEASE_EXPIRED:
             actions.append(Log(logging.WARNING, "the command did not stop within the grace period: "
                                                 "killed with SIGKILL"))
+    elif event.swept:
+        actions.append(Log(logging.INFO, "killed what the command left running (its group, cgroup or orphans)"))
     status = p.status
     if status is None and event.status is not None:
         status = event.status

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from . import config as defaults
 from .blocking import BlockingQueryLoop
 from .config import Connection
-from .consul_api import ConsulClient, KeyState
+from .consul_api import ConsulClient
+from .lock_key import KeyState
 from .lock_key import parse_identity, session_name
 from .errors import ConsulError, ConsulUnavailable, NotAnElectKey
 

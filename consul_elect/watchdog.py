@@ -30,8 +30,10 @@ from collections.abc import Callable
 
 from . import clock, containment, supervisor
 from . import watchdog_protocol as proto
-from .config import KILL_WAIT, Config, Connection
+from .config import KILL_WAIT, Config
 from .signals import WATCHDOG_IGNORED
+# The standard library's HTTP only: the watchdog is forked before anything heavier is imported.
+from .transport import put_once
 
 log = logging.getLogger("consul_elect.watchdog")
 
@@ -79,7 +81,8 @@ class Watchdog:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w)
         supervisor.become_subreaper()
-        self.cgroup = containment.make_cgroup(f"consul-elect-{os.getpid()}")
+        if self.config.cgroup:
+            self.cgroup = containment.make_cgroup(f"consul-elect-{os.getpid()}")
         self.prepared = supervisor.PreparedChild(self.argv)
         try:
             self._loop(wake_r)
@@ -217,12 +220,15 @@ class Watchdog:
     def _kill_and_finish(self, kill: bool = True) -> bool:
         """SIGKILL what is left of the run (repeatedly), confirm it gone, and report; True if confirmed."""
         run = self.run
-        run.killed = run.killed or kill
+        self._reap()
+        killed_main = kill and not run.reaped
+        run.killed = run.killed or killed_main
         spare = frozenset({self.prepared.pid}) if self.prepared else frozenset()
         run.containment.spare = spare
         confirmed, survivors = run.containment.kill_and_wait(KILL_WAIT, reap=self._reap)
         self._reap()
-        self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors))
+        self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors,
+                                swept=kill and not killed_main))
         self.run = None
         self._remove_lease_file()
         if self.prepared is None:
@@ -254,8 +260,8 @@ class Watchdog:
 
     def _release_key(self) -> None:
         if self.session is not None:
-            _consul_put(self.config.connection, f"/v1/kv/{self.config.key}?release={self.session}",
-                        self.release_value.encode())
+            put_once(self.config.connection, f"/v1/kv/{self.config.key}", CLEANUP_TIMEOUT,
+                     params={"release": self.session}, body=self.release_value.encode())
 
     def _elector_gone(self) -> None:
         confirmed = True
@@ -264,47 +270,13 @@ class Watchdog:
             confirmed = self._kill_and_finish()
         if confirmed and self.session is not None:
             self._release_key()
-            _consul_put(self.config.connection, f"/v1/session/destroy/{self.session}")
+            put_once(self.config.connection, f"/v1/session/destroy/{self.session}", CLEANUP_TIMEOUT, params={})
 
     def _send(self, message) -> None:
         try:
             self.sock.sendall(proto.encode(message))
         except OSError:
             pass  # the elector is gone; the next recv tells us
-
-
-def _consul_put(conn: Connection, path: str, body: bytes | None = None) -> None:
-    """One best-effort PUT with the standard library only.
-
-    The watchdog is forked before py-consul and requests are imported, which keeps it small
-    (and its forks for the command fast); these two clean-up calls are all it says to Consul.
-    """
-    import http.client
-    import urllib.parse
-
-    headers = {"X-Consul-Token": conn.token} if conn.token else {}
-    client = http.client.HTTPConnection(conn.host, conn.port, timeout=CLEANUP_TIMEOUT)
-    try:
-        if conn.scheme == "https":
-            import ssl
-
-            context = ssl.create_default_context(cafile=conn.ca_cert)
-            if not conn.verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if conn.client_cert:
-                context.load_cert_chain(conn.client_cert, conn.client_key)
-            raw = socket.create_connection((conn.host, conn.port), CLEANUP_TIMEOUT)
-            client.sock = context.wrap_socket(raw, server_hostname=conn.tls_server_name or conn.host)
-        client.request("PUT", urllib.parse.quote(path, safe="/:?=&"), body=body, headers=headers)
-        response = client.getresponse()
-        response.read()
-        if response.status != 200:
-            log.warning("watchdog: Consul answered %s to PUT %s", response.status, path.split("?")[0])
-    except (OSError, http.client.HTTPException) as e:
-        log.warning("watchdog could not reach Consul for PUT %s: %s", path.split("?")[0], e)
-    finally:
-        client.close()
 
 
 def _drain(fd: int) -> None:

@@ -83,7 +83,8 @@ class Exited:
     """The command's run ended. *status* is its exit code (128+N for signal N), None if unknown.
 
     *confirmed*: the whole containment is empty. *survivors*: pids still seen when not.
-    *killed*: the watchdog had to SIGKILL (after the grace, at the deadline, or on Quit).
+    *killed*: the watchdog had to SIGKILL the command itself (after the grace, at the deadline,
+    or on Quit); *swept*: it killed processes the command left behind after it exited.
     """
     pid: int | None
     status: int | None
@@ -91,6 +92,7 @@ class Exited:
     killed: bool
     confirmed: bool
     survivors: tuple = ()
+    swept: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

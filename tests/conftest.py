@@ -91,3 +91,18 @@ def candidates(tmp_path):
     finally:
         for c in made:
             c.cleanup()
+
+
+@pytest.fixture
+def tls_agent(consul_bin, tmp_path):
+    """Like consul_agent, plus an HTTPS port demanding client certificates (mTLS), stopped after the test.
+
+    `.https_addr`; certificates made offline by `consul tls`: `.ca_file`, `.client_cert`,
+    `.client_key`, `.server_cert`, and `.other_ca_file` (a CA that signed nothing here).
+    The server certificate names server.dc1.consul, localhost and 127.0.0.1.
+    """
+    agent = ConsulAgent(consul_bin, base_dir=str(tmp_path / "consul-tls-agent"), tls="mtls")
+    try:
+        yield agent.start()
+    finally:
+        agent.stop()

@@ -288,8 +288,13 @@ class ConsulAgent:
     """
 
     def __init__(self, consul_bin, base_dir=None, host="127.0.0.1", acl=False,
-                 master_token=None, node_name=None, start_timeout=20.0, session_ttl_min="1s"):
+                 master_token=None, node_name=None, start_timeout=20.0, session_ttl_min="1s", tls=None):
+        if tls not in (None, "tls", "mtls"):
+            raise ValueError(f"tls must be None, 'tls' or 'mtls', not {tls!r}")
         self.consul_bin = consul_bin
+        self.tls = tls
+        self.tls_dir = self.ca_file = self.other_ca_file = None   # set by _make_certificates()
+        self.server_cert = self.server_key = self.client_cert = self.client_key = None
         self.session_ttl_min = session_ttl_min
         self.host = host
         self.acl = acl
@@ -305,8 +310,45 @@ class ConsulAgent:
         self._pick_ports()
 
     def _pick_ports(self):
-        self.ports = {name: free_port(self.host)
-                      for name in ("http", "dns", "serf_lan", "serf_wan", "server")}
+        names = ("http", "dns", "serf_lan", "serf_wan", "server") + (("https",) if self.tls else ())
+        self.ports = {name: free_port(self.host) for name in names}
+
+    # --- TLS (tls="tls": an HTTPS port beside the plain one; "mtls": it also demands client certificates)
+    def _make_certificates(self):
+        """A CA, a server certificate and a client certificate, made offline by `consul tls`.
+
+        Files: ``ca_file``, ``server_cert``/``server_key`` (names server.dc1.consul, localhost,
+        127.0.0.1), ``client_cert``/``client_key``; and ``other_ca_file``, a second CA that
+        signed nothing here (for wrong-CA tests). The plain HTTP port stays open for the
+        fixtures' own readiness checks and helpers; only ``https_addr`` speaks TLS.
+        """
+        self.tls_dir = os.path.join(self.base_dir, "tls")
+        other_dir = os.path.join(self.tls_dir, "other-ca")
+        os.makedirs(other_dir, exist_ok=True)
+        for cwd, args in ((self.tls_dir, ["ca", "create"]), (other_dir, ["ca", "create"]),
+                          (self.tls_dir, ["cert", "create", "-server"]),
+                          (self.tls_dir, ["cert", "create", "-client"])):
+            done = subprocess.run([self.consul_bin, "tls", *args], cwd=cwd, capture_output=True, text=True,
+                                  timeout=30)
+            if done.returncode != 0:
+                raise ConsulError(f"consul tls {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        d = self.tls_dir
+        self.ca_file = os.path.join(d, "consul-agent-ca.pem")
+        self.other_ca_file = os.path.join(other_dir, "consul-agent-ca.pem")
+        self.server_cert = os.path.join(d, "dc1-server-consul-0.pem")
+        self.server_key = os.path.join(d, "dc1-server-consul-0-key.pem")
+        self.client_cert = os.path.join(d, "dc1-client-consul-0.pem")
+        self.client_key = os.path.join(d, "dc1-client-consul-0-key.pem")
+        for path in (self.ca_file, self.other_ca_file, self.server_cert, self.server_key, self.client_cert,
+                     self.client_key):
+            if not os.path.exists(path):
+                raise ConsulError(f"consul tls did not write {path}")
+
+    @property
+    def https_addr(self) -> str:
+        if not self.tls:
+            raise ConsulError("https_addr needs ConsulAgent(tls='tls' or 'mtls')")
+        return f"{self.host}:{self.ports['https']}"
 
     # --- addresses
     @property
@@ -349,12 +391,21 @@ class ConsulAgent:
                 'acl { enabled = true default_policy = "deny" down_policy = "extend-cache" '
                 f'enable_token_persistence = false tokens {{ master = "{t}" agent = "{t}" }} }}'
             )
+        if self.tls:
+            args += _hcl(
+                f'ports {{ https = {p["https"]} }}', f'ca_file = "{self.ca_file}"',
+                f'cert_file = "{self.server_cert}"', f'key_file = "{self.server_key}"',
+                f'verify_incoming_https = {"true" if self.tls == "mtls" else "false"}',
+                "verify_incoming_rpc = false", "verify_outgoing = false",
+            )
         return args
 
     # --- lifecycle
     def start(self):
         """Start and wait (bounded) until there is a leader and a KV PUT succeeds."""
         os.makedirs(self.data_dir, exist_ok=True)
+        if self.tls and self.ca_file is None:
+            self._make_certificates()
         for attempt in range(3):
             self._proc.spawn(self._args())
             try:
@@ -437,7 +488,7 @@ class ConsulAgent:
         self.stop()
 
     def __repr__(self):
-        return f"<ConsulAgent {self.node_name} {self.http_addr} pid={self.pid} acl={self.acl}>"
+        return f"<ConsulAgent {self.node_name} {self.http_addr} pid={self.pid} acl={self.acl} tls={self.tls}>"
 
 
 # --------------------------------------------------------------------------- 3-server cluster

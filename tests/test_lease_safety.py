@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from fault_proxy import Fault, FaultProxy
 from fenced_resource import FencedResource
 from harness import assert_no_overlap, pid_alive, read_lives, wait_for
-from slow_proxy import SlowRenewProxy
 
 B = min(3, 2) * 0.99 - 0.25
 GRACE = 0.5
@@ -22,6 +22,11 @@ HERE = Path(__file__).resolve().parent
 
 def lives(candidates):
     return read_lives(candidates.events)
+
+
+def renews(proxy):
+    """(arrival, status) of every session renewal that went through *proxy*."""
+    return [(t, status) for t, _, path, status in proxy.requests if path.startswith("/v1/session/renew/")]
 
 
 def leader_and_standby(consul_addr, candidates, key, options=None, standby_addr=None):
@@ -147,19 +152,19 @@ def test_slow_renew_answers_count_from_send_time(consul_agent, candidates):
     # TTL 6 s, lock-delay 5 s, grace 0.5 s: B = 4.7 s, renewals every 1.4 s with a 1.4 s timeout.
     options = ["--ttl", "6s", "--lock-delay", "5s", "--grace", "0.5s"]
     window = min(6, 5) * 0.99 - 0.25
-    with SlowRenewProxy(consul_agent.http_addr) as proxy:
+    with FaultProxy(consul_agent.http_addr) as proxy:
         a = candidates(proxy.address, "svc/slow", "a", options=options)
         first = wait_for(lambda: lives(candidates), 10, what="a's child")[0]
-        wait_for(lambda: len(proxy.renews) >= 2, 10, what="renewals through the proxy")
+        wait_for(lambda: len(renews(proxy)) >= 2, 10, what="renewals through the proxy")
         # Answers now arrive 1 s late (still within the timeout) ...
-        proxy.renew_delay = 1.0
+        proxy.set_fault(Fault.delay(1.0), match="/v1/session/renew/")
         time.sleep(3.0)
         assert pid_alive(first.pid), "late but successful renewals keep a healthy leader"
         # ... and then the agent stops answering altogether.
         consul_agent.freeze()
         try:
             wait_for(lambda: not pid_alive(first.pid), window + 3, interval=0.01, what="the child to stop")
-            last_proof_sent = max(t for t, status in proxy.renews if status == 200)
+            last_proof_sent = max(t for t, status in renews(proxy) if status == 200)
             ran_after_proof = lives(candidates)[0].end - last_proof_sent
         finally:
             consul_agent.thaw()

@@ -239,8 +239,11 @@ def test_following_is_logged_once_per_leader():
 
 def test_free_key_refused_during_a_lock_delay_retries_quickly_then_backs_off():
     s = Script().with_session(key=held("other", lock_delay=2.0))
-    s.step(L.KeyChanged(KeyState(None, 70, 1, b""), 70))  # invalidated: lock-delay runs
+    # Invalidated (TTL, destroy): Consul clears Session and keeps the holder's value; lock-delay runs.
+    s.step(L.KeyChanged(KeyState(None, 70, 1, identity_value("other")), 70))
     freed_at = s.now
+    assert s.tick() == [L.CheckHolder("other")]
+    s.step(L.HolderChecked("other", alive=False))
     assert s.tick() == [L.Acquire("s1")]
     s.step(L.AcquireRefused())
     assert L.wake_at(s.core) - s.now == pytest.approx(defaults.LOCK_DELAY_RETRY)
