@@ -278,7 +278,8 @@ def fig_handover(b: Bench, tool: Tool, reps: int, tag: str) -> dict:
 # Wall-clock minus CLOCK_MONOTONIC, to place consul-elect's log lines (local wall time, ms,
 # truncated) on the children's clock for a rough per-phase breakdown (+-1 ms).
 WALL_OFFSET = time.time() - now()
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) consul-elect\[\d+\] \w+ (.*)$")
+# "<time> consul-elect[<pid>] <LEVEL> <name>: <message>" (older releases had no name field).
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) consul-elect\[\d+\] \w+ (?:[^ :]+: )?(.*)$")
 
 
 def log_times(path: Path, prefix: str) -> list[float]:

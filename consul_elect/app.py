@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 
@@ -28,6 +29,7 @@ def run(config: Config) -> int:
         log.warning("weaker protection on this platform: %s", missing)
     if not config.shell:
         supervisor.check_command(config.command, os.environ.get("PATH"))
+    log.info("command: %s", " ".join(config.command) if config.shell else shlex.join(config.command))
     # Orphans of the command whose watchdog is gone come to us, so we can stop them too.
     supervisor.become_subreaper()
     if config.withhold_token:

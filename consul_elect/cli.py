@@ -6,13 +6,12 @@ commands, so `--help` and `status` start fast.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import click
 
-from . import __version__, exit_codes
+from . import __version__, exit_codes, logs
 from . import config as defaults
 from .durations import format_duration
 from .errors import ConsulUnavailable, ElectError, UsageError
@@ -78,32 +77,14 @@ def build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert
     # As the consul CLI does: a token read from a mounted secret often ends in a newline.
     token = (token or "").strip() or None
     if token is not None:
-        _LOG_SCRUB.secrets.add(token)
+        logs.add_secret(token)
     verify = _env_bool("CONSUL_HTTP_SSL_VERIFY")
     return Connection(host=host, port=port, scheme=scheme, token=token, ca_cert=ca_file, ca_path=ca_path,
                       client_cert=client_cert, client_key=client_key, verify=True if verify is None else verify,
                       tls_server_name=tls_server_name, datacenter=(datacenter or "").strip() or None)
 
 
-class _ScrubSecrets(logging.Filter):
-    """The last line of defence: no log line ever carries the ACL token, whatever put it there."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "<token>")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg, record.args = self.scrub(record.getMessage()), None
-        return True
-
-
-_LOG_SCRUB = _ScrubSecrets()
 
 
 def _env_bool(name: str) -> bool | None:
@@ -116,27 +97,6 @@ def _env_bool(name: str) -> bool | None:
     if low in ("0", "false", "no", "off"):
         return False
     raise UsageError(f"invalid {name}={value!r}: use true or false")
-
-
-def setup_logging(verbose: int, quiet: int) -> None:
-    level = logging.INFO - 10 * verbose + 10 * quiet
-    root = logging.getLogger("consul_elect")
-    root.setLevel(max(logging.DEBUG, level))
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.logging import RichHandler
-
-        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
-                                               log_time_format="%H:%M:%S.%f")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = logging.Formatter("%(asctime)s.%(msecs)03d consul-elect[%(process)d] %(levelname)s %(message)s",
-                                "%Y-%m-%dT%H:%M:%S")
-        handler.setFormatter(fmt)
-    handler.addFilter(_LOG_SCRUB)
-    root.handlers[:] = [handler]
-    root.propagate = False
 
 
 @click.group(context_settings=CONTEXT)
@@ -176,9 +136,11 @@ def cli():
 @connection_options
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
+@click.option("--log-format", envvar="CONSUL_ELECT_LOG_FORMAT", show_envvar=True, type=click.Choice(logs.FORMATS),
+              default=logs.TEXT, show_default=True, help="text: one line per event, named; json: one object per line.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhold_token, cgroup, port, bind, http_addr, token, token_file,
-        ca_file, ca_path, client_cert, client_key, tls_server_name, datacenter, verbose, quiet, command):
+        ca_file, ca_path, client_cert, client_key, tls_server_name, datacenter, verbose, quiet, log_format, command):
     """Campaign on KEY and run COMMAND only while leader.
 
     \b
@@ -196,9 +158,10 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhol
 
     from .config import Config
 
-    setup_logging(verbose, quiet)
+    name = socket.gethostname() if name is None else name
+    logs.setup(name, verbose, quiet, log_format)
     config = Config(
-        key=key, command=tuple(command), name=socket.gethostname() if name is None else name, ttl=ttl, lock_delay=lock_delay,
+        key=key, command=tuple(command), name=name, ttl=ttl, lock_delay=lock_delay,
         grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
         withhold_token=withhold_token, cgroup=cgroup,
         connection=build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert, client_key,
@@ -269,8 +232,14 @@ def _table_printer(clear: bool):
         if clear and console.is_terminal:
             console.clear()
         elif clear:
-            console.print()
-        console.print(render(report))
+            click.echo()
+        if console.is_terminal:
+            console.print(render(report))
+            return
+        # In a pipe or a log, no padding at the ends of lines (rich pads every cell).
+        with console.capture() as captured:
+            console.print(render(report))
+        click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
     return show
 
@@ -292,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"consul-elect: {e.format_message()}", err=True)
         code = e.exit_code
     except ElectError as e:
-        click.echo(f"consul-elect: {_LOG_SCRUB.scrub(str(e))}", err=True)
+        click.echo(f"consul-elect: {logs.scrub(str(e))}", err=True)
         code = exit_codes.for_error(e)
     except KeyboardInterrupt:
         code = exit_codes.INTERRUPTED

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -27,6 +27,11 @@ RENEW_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 # (Newer prometheus_client releases label the same bytes 1.0.0 in CONTENT_TYPE_LATEST; older
 # ones do not know that version at all.)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# A `_created` series per counter and histogram doubles the output and means nothing here
+# (every series starts with the process); scrapers that want a start time have process metrics.
+disable_created_metrics()
 
 
 class ElectionCollector(Collector):

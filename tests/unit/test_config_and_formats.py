@@ -203,3 +203,12 @@ def test_the_package_imports_have_no_cycle():
 
     cycles = [m for m in graph if m in reach(m, set())]
     assert not cycles, f"import cycles through {cycles}"
+
+
+def test_metrics_export_no_created_series():
+    from consul_elect.metrics import ElectionMetrics
+    from consul_elect.state import ElectionState
+
+    text = ElectionMetrics(ElectionState("a/b", "n")).render().decode()
+    assert "consul_elect_renew_latency_seconds_bucket" in text
+    assert "_created" not in text

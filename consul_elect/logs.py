@@ -1,0 +1,95 @@
+"""Log lines that can be attributed and parsed, and that never carry a secret.
+
+Every line names the candidate (several run side by side in a demo, a shared journal, a pod's
+logs): on a terminal `name[pid]: message` through rich; otherwise one plain line
+`<time> consul-elect[<pid>] <LEVEL> <name>: <message>`; with `--log-format json`, one JSON
+object per line for log pipelines. The ACL token is replaced by `<token>` in every line, as
+the last line of defence behind the messages that never include it in the first place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+TEXT = "text"
+JSON = "json"
+FORMATS = (TEXT, JSON)
+
+
+class _ScrubSecrets(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "<token>")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg, record.args = self.scrub(record.getMessage()), None
+        return True
+
+
+_SCRUB = _ScrubSecrets()
+
+
+def add_secret(secret: str) -> None:
+    """Never let *secret* reach a log line (or a message passed through scrub())."""
+    if secret:
+        _SCRUB.secrets.add(secret)
+
+
+def scrub(text: str) -> str:
+    return _SCRUB.scrub(text)
+
+
+class _JSONFormatter(logging.Formatter):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.candidate = name
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "name": self.candidate,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup(name: str, verbose: int = 0, quiet: int = 0, fmt: str = TEXT) -> None:
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    root = logging.getLogger("consul_elect")
+    root.setLevel(max(logging.DEBUG, level))
+    if fmt == JSON:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JSONFormatter(name))
+    elif sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
+                              log_time_format="%H:%M:%S.%f")
+        handler.setFormatter(logging.Formatter(f"{_percent_safe(name)}[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s.%(msecs)03d consul-elect[%(process)d] %(levelname)s {_percent_safe(name)}: %(message)s",
+            "%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(_SCRUB)
+    root.handlers[:] = [handler]
+    root.propagate = False
+
+
+def _percent_safe(text: str) -> str:
+    return text.replace("%", "%%")
