@@ -83,7 +83,7 @@ class Watchdog:
         supervisor.become_subreaper()
         if self.config.cgroup:
             self.cgroup = containment.make_cgroup(f"consul-elect-{os.getpid()}")
-        self.prepared = supervisor.PreparedChild(self.argv)
+        self.prepared = self._prepare()
         try:
             self._loop(wake_r)
         finally:
@@ -157,16 +157,18 @@ class Watchdog:
         extra_env = {**extra_env, "CONSUL_ELECT_LEASE_FILE": self.lease_file}
         try:
             try:
-                pid = self.prepared.launch(extra_env, self.deadline, self.cgroup)
+                if self.prepared is None:
+                    self.prepared = self._prepare()
+                pid = self.prepared.launch(extra_env, self.deadline)
             except BrokenPipeError:  # the prepared process was killed meanwhile: start afresh
-                self.prepared = supervisor.PreparedChild(self.argv)
-                pid = self.prepared.launch(extra_env, self.deadline, self.cgroup)
+                self.prepared = self._prepare()
+                pid = self.prepared.launch(extra_env, self.deadline)
         except TimeoutError:
-            self.prepared = supervisor.PreparedChild(self.argv)
+            self.prepared = self._prepare()
             self._send(proto.SpawnFailed(lease_expired=True, code=None, error="exec did not finish within the lease"))
             return
         except OSError as e:
-            self.prepared = supervisor.PreparedChild(self.argv)
+            self.prepared = self._prepare()
             self._send(proto.SpawnFailed(lease_expired=False, code=supervisor.spawn_error_exit_code(e),
                                          error=f"{self.argv[0]}: {e.strerror}"))
             return
@@ -231,9 +233,14 @@ class Watchdog:
                                 swept=kill and not killed_main))
         self.run = None
         self._remove_lease_file()
-        if self.prepared is None:
-            self.prepared = supervisor.PreparedChild(self.argv)
+        # The next prepared child joins the cgroup: only once nothing of this run is left in it,
+        # or the next sweep would take it too (it is made on the next spawn otherwise).
+        if confirmed and self.prepared is None:
+            self.prepared = self._prepare()
         return confirmed
+
+    def _prepare(self) -> supervisor.PreparedChild:
+        return supervisor.PreparedChild(self.argv, self.cgroup)
 
     def _write_lease_file(self) -> None:
         # The command may check the deadline itself; rename makes each update atomic for readers.
