@@ -116,7 +116,7 @@ def main() -> int:
                            options=["--port", "0", "--bind", "127.0.0.1"]).start()
         url = wait_for(lambda: re.search(r"serving status on (http://\S+)", leader.log()), 20,
                        what="the status server").group(1)
-        wait_for(lambda: "started sleep" in leader.log(), 20, what="leadership")
+        wait_for(lambda: "started the command" in leader.log(), 20, what="leadership")
         cold = cold_status(agent.http_addr, 10)
         seconds = 5.0 if args.quick else 15.0
         quiet_from = now()

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consul_elect import clock
 from consul_elect.errors import ConsulUnavailable, UsageError
 from consul_elect.state import CAMPAIGNING, FOLLOWER, LEADER, STEPPING_DOWN, ElectionState
-from consul_elect.status_server import LOOP_STALL_AFTER, REQUEST_DEADLINE, StatusServer
+from consul_elect.status_server import LOOP_STALL_AFTER, MAX_HEADERS, MAX_REQUEST_HEAD, REQUEST_DEADLINE, StatusServer
 
 KEY = "service/payments/leader"
 NAME = "node-a"
@@ -239,11 +239,14 @@ def test_head_answers_like_get_without_a_body(server):
     ("garbage request line", b"GARBAGE\r\n\r\n", 400),
     ("bad protocol version", b"GET /status HTTP/x.y\r\n\r\n", 400),
     ("binary junk", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 \r\n\r\n", 400),
-    # Sized so the server reads every byte sent: unread bytes at close would make the kernel
-    # reset the connection, and the client might lose the answer.
-    ("request line over 64 KiB", b"GET /" + b"a" * (65537 - 5), 414),
-    ("header line over 64 KiB", b"GET /status HTTP/1.0\r\nX-Big: " + b"a" * (65537 - 7), 431),
-    ("over 100 headers", b"GET /status HTTP/1.0\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)), 431),
+    # One byte over each limit, without the line's end: refused on the byte that breaks it.
+    ("request line too long", b"GET /" + b"a" * (MAX_REQUEST_HEAD + 1 - 5), 414),
+    ("header line too long", b"GET /status HTTP/1.0\r\nX-Big: " + b"a" * (MAX_REQUEST_HEAD + 1 - 29), 431),
+    ("too many headers", b"GET /status HTTP/1.0\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS + 1)),
+     431),
+    # Far over the limit: the rest, never parsed, is read and dropped before closing, so the
+    # close does not become a reset that could destroy the answer.
+    ("request line of 64 KiB", b"GET /" + b"a" * (65536 - 5), 414),
 ])
 def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, what, data, expected):
     response = raw_exchange(server, data)
@@ -281,11 +284,43 @@ def test_a_trickling_client_is_cut_off_at_the_request_deadline(server):
     assert request(server, "/status")[0] == 200
 
 
-def test_a_silent_client_delays_others_by_at_most_the_request_deadline(server):
+def test_a_silent_client_does_not_delay_others(server):
     with socket.create_connection(host_port(server), timeout=5):
         started = time.monotonic()
         assert request(server, "/status")[0] == 200
-        assert time.monotonic() - started < REQUEST_DEADLINE + 0.5
+        assert time.monotonic() - started < REQUEST_DEADLINE / 4
+
+
+@pytest.mark.parametrize("what, pieces", [
+    ("split mid-word", [b"GET /sta", b"tus HTTP/1.0\r", b"\nHost: x\r\n", b"\r\n"]),
+    ("a byte at a time", [bytes([b]) for b in b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n"]),
+    ("bare LF line ends", [b"GET /status HTTP/1.0\nHost: x\n", b"\n"]),
+    ("an empty line before the request line", [b"\r\n", b"GET /status HTTP/1.0\r\n\r\n"]),
+])
+def test_a_request_arriving_in_pieces_is_served(server, what, pieces):
+    with socket.create_connection(host_port(server), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.4 / len(pieces))  # well inside the request deadline in all
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert status_code_of(response) == 200, what
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["key"] == KEY
+
+
+def test_a_request_body_is_drained_so_the_answer_ends_cleanly(server):
+    # More than the server reads at once, so some is still unread when it answers. Closing with
+    # unread input makes the kernel send a reset instead of a normal end of stream, and some
+    # clients drop an answer they have not read yet when the reset arrives.
+    body = b"x" * (4 * MAX_REQUEST_HEAD)
+    with socket.create_connection(host_port(server), timeout=5) as sock:
+        sock.sendall(b"POST /status HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        response = b""
+        while chunk := sock.recv(65536):  # a ConnectionResetError here fails the test
+            response += chunk
+    assert status_code_of(response) == 405
 
 
 # -- /metrics ------------------------------------------------------------------------------
@@ -351,6 +386,38 @@ def test_start_on_a_busy_port_raises_usage_error(state):
 def test_start_on_an_unknown_address_raises_usage_error(state):
     with pytest.raises(UsageError, match=r"^cannot serve status on 192\.0\.2\.1:0: "):
         StatusServer(state, "192.0.2.1", 0).start()
+
+
+def test_a_bug_in_an_endpoint_costs_that_request_a_500_not_the_server(server, monkeypatch, caplog):
+    def broken(snapshot, now):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("consul_elect.status_server.status_document", broken)
+    status, _, body = request(server, "/status")
+    assert status == 500
+    assert json.loads(body) == {"error": "Internal Server Error"}
+    failures = [r for r in caplog.records if r.name == "consul_elect.status_server" and r.exc_info]
+    assert [(r.levelname, r.exc_info[0]) for r in failures] == [("WARNING", RuntimeError)]
+    assert request(server, "/health")[0] == 200
+
+
+def test_stop_closes_open_connections_at_once(state):
+    srv = StatusServer(state, "127.0.0.1", 0).start()
+    client = None
+    try:
+        client = socket.create_connection(host_port(srv), timeout=5)
+        client.sendall(b"GET /status HTTP/1.0\r\n")  # a request still in progress
+        time.sleep(0.1)
+        started = time.monotonic()
+        srv.stop()
+        took = time.monotonic() - started
+        client.settimeout(1.0)
+        assert client.recv(1024) == b""
+        assert took < 0.5
+    finally:
+        srv.stop()
+        if client is not None:
+            client.close()
 
 
 def test_stop_releases_the_port_and_is_idempotent(state):
