@@ -28,12 +28,42 @@ class Duration(click.ParamType):
         from .durations import parse_duration
 
         try:
-            return parse_duration(value, what=f"--{param.name.replace('_', '-')}" if param else "duration")
-        except UsageError as e:
-            self.fail(str(e).removeprefix("invalid "), param, ctx)
+            return parse_duration(value)
+        except UsageError:
+            # click names the option (and its variable) itself.
+            self.fail(f"{value!r} is not a duration: use a number of seconds or a form like 500ms, 15s, 1m30s",
+                      param, ctx)
 
 
 DURATION = Duration()
+
+
+class SignalName(click.ParamType):
+    """A signal by name (SIGUSR1, USR1, usr1) or number (10); Config refuses the unusable ones."""
+
+    name = "SIGNAL"
+
+    def convert(self, value, param, ctx):
+        import signal
+
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper()
+        if text.isdigit() and int(text) in signal.valid_signals():
+            return int(text)
+        try:
+            return int(signal.Signals[text if text.startswith("SIG") else f"SIG{text}"])
+        except KeyError:
+            self.fail(f"unknown signal {value!r}: use a name like SIGUSR1 or USR1, or a number", param, ctx)
+
+
+SIGNAL = SignalName()
+
+
+def _signal_default(signo: int) -> str:
+    import signal
+
+    return signal.Signals(signo).name
 
 
 def connection_options(f):
@@ -134,18 +164,44 @@ def cli():
               show_default=True,
               help="Address the status server binds.")
 @connection_options
+@click.option("--mode", envvar="CONSUL_ELECT_MODE", show_envvar=True, default=defaults.DEFAULT_MODE, show_default=True,
+              type=click.Choice(defaults.MODES, case_sensitive=False),
+              help="exec: run the command only while leader. signal: run it on every candidate and tell it "
+                   "by signal when it leads and when it must stand down.")
+@click.option("--elected-signal", envvar="CONSUL_ELECT_ELECTED_SIGNAL", show_envvar=True, type=SIGNAL,
+              default=_signal_default(defaults.DEFAULT_ELECTED_SIGNAL), show_default=True,
+              help="Signal mode: sent to the command's process group when it becomes leader.")
+@click.option("--demoted-signal", envvar="CONSUL_ELECT_DEMOTED_SIGNAL", show_envvar=True, type=SIGNAL,
+              default=_signal_default(defaults.DEFAULT_DEMOTED_SIGNAL), show_default=True,
+              help="Signal mode: sent when it must stand down; it acknowledges through the role file within "
+                   "--grace, or is killed.")
+@click.option("--role-file", envvar="CONSUL_ELECT_ROLE_FILE", show_envvar=True, type=click.Path(dir_okay=False),
+              help="JSON file with the current role, fencing token and lease deadline, rewritten before every "
+                   "signal.  [default: none; signal mode: $TMPDIR/consul-elect-<key>.role]")
+@click.option("--on-elected", envvar="CONSUL_ELECT_ON_ELECTED", show_envvar=True, metavar="CMD",
+              help="Shell command run (beside the election, never delaying it) when this candidate becomes leader.")
+@click.option("--on-demoted", envvar="CONSUL_ELECT_ON_DEMOTED", show_envvar=True, metavar="CMD",
+              help="Shell command run when this candidate stops leading.")
+@click.option("--hook-timeout", envvar="CONSUL_ELECT_HOOK_TIMEOUT", show_envvar=True, type=DURATION,
+              default=format_duration(defaults.DEFAULT_HOOK_TIMEOUT), show_default=True,
+              help="Kill a hook still running after this long (counted as a failure).")
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
 @click.option("--log-format", envvar="CONSUL_ELECT_LOG_FORMAT", show_envvar=True, type=click.Choice(logs.FORMATS),
               default=logs.TEXT, show_default=True, help="text: one line per event, named; json: one object per line.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhold_token, cgroup, port, bind, http_addr, token, token_file,
-        ca_file, ca_path, client_cert, client_key, tls_server_name, datacenter, verbose, quiet, log_format, command):
+        ca_file, ca_path, client_cert, client_key, tls_server_name, datacenter, mode, elected_signal, demoted_signal,
+        role_file, on_elected, on_demoted, hook_timeout, verbose, quiet, log_format, command):
     """Campaign on KEY and run COMMAND only while leader.
+
+    With --mode signal, COMMAND runs on every candidate and is told by signal (and
+    the role file) when it leads and when it must stand down.
 
     \b
     Example:
       consul-elect run --key svc/leader -- mycmd --flag
+      consul-elect run --key svc/leader --mode signal -- myservice
 
     \b
     Exit status: the command's own (128+N if signal N killed it); 0 if stopped by
@@ -159,11 +215,13 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhol
     from .config import Config
 
     name = socket.gethostname() if name is None else name
-    logs.setup(name, verbose, quiet, log_format)
+    logs.setup(name, verbose, quiet, log_format, key)
     config = Config(
         key=key, command=tuple(command), name=name, ttl=ttl, lock_delay=lock_delay,
         grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
-        withhold_token=withhold_token, cgroup=cgroup,
+        withhold_token=withhold_token, cgroup=cgroup, mode=mode.lower(), elected_signal=elected_signal,
+        demoted_signal=demoted_signal, role_file=role_file, on_elected=on_elected or None,
+        on_demoted=on_demoted or None, hook_timeout=hook_timeout,
         connection=build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert, client_key,
                                     tls_server_name, datacenter),
     )
@@ -183,9 +241,9 @@ def status(key, as_json, watch, http_addr, token, token_file, ca_file, ca_path, 
     """Show who leads KEY, its fencing token and the candidates waiting, read from Consul.
 
     \b
-    Exit status: 0 someone leads, 3 nobody leads, 65 KEY holds something other than a
-    consul-elect identity, 69 Consul unreachable, 77 ACL denied, 78 TLS misconfigured;
-    --watch exits 0 on Ctrl-C.
+    Exit status: 0 someone leads; 2 usage; 3 nobody leads; 65 KEY holds
+    something other than a consul-elect identity; 69 Consul unreachable; 77 ACL
+    denied; 78 TLS misconfigured. --watch exits 0 on Ctrl-C.
     """
     from .config import validate_key
     from .status_report import read_status, watch_status
@@ -198,7 +256,10 @@ def status(key, as_json, watch, http_addr, token, token_file, ca_file, ca_path, 
         report = read_status(connection, key)
         show(report)
         if report.leader is None:
-            click.echo(f"consul-elect: nobody leads {key}", err=True)
+            # A key that never existed looks like an empty election: say which it is (a typo?).
+            missing = " (the key does not exist: no candidate has campaigned on it; is the key right?)" \
+                if report.lock_index is None and not report.candidates else ""
+            click.echo(f"consul-elect: nobody leads {key}{missing}", err=True)
             return exit_codes.NO_LEADER
         return exit_codes.OK
     updates = watch_status(connection, key)
@@ -261,8 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"consul-elect: {e.format_message()}", err=True)
         code = e.exit_code
     except ElectError as e:
-        click.echo(f"consul-elect: {logs.scrub(str(e))}", err=True)
         code = exit_codes.for_error(e)
+        logs.final_error(str(e), code)
     except KeyboardInterrupt:
         code = exit_codes.INTERRUPTED
     sys.exit(code if isinstance(code, int) else exit_codes.OK)

@@ -49,15 +49,17 @@ def scrub(text: str) -> str:
 
 
 class _JSONFormatter(logging.Formatter):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, key: str | None) -> None:
         super().__init__()
         self.candidate = name
+        self.key = key
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "name": self.candidate,
+            "key": self.key,
             "pid": record.process,
             "logger": record.name,
             "message": record.getMessage(),
@@ -67,13 +69,30 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-def setup(name: str, verbose: int = 0, quiet: int = 0, fmt: str = TEXT) -> None:
+_JSON_FINAL: _JSONFormatter | None = None
+
+
+def final_error(message: str, code: int) -> None:
+    """The line that says why the process exits: plain `consul-elect: ...` on stderr, or one more
+    JSON object (with the exit code) when the log format is JSON, so a log pipeline keeps it."""
+    message = scrub(message)
+    if _JSON_FINAL is None:
+        print(f"consul-elect: {message}", file=sys.stderr)
+        return
+    record = logging.LogRecord("consul_elect", logging.ERROR, __file__, 0, message, None, None)
+    doc = json.loads(_JSON_FINAL.format(record))
+    print(json.dumps({**doc, "exit_code": code}), file=sys.stderr)
+
+
+def setup(name: str, verbose: int = 0, quiet: int = 0, fmt: str = TEXT, key: str | None = None) -> None:
+    global _JSON_FINAL
     level = logging.INFO - 10 * verbose + 10 * quiet
     root = logging.getLogger("consul_elect")
     root.setLevel(max(logging.DEBUG, level))
     if fmt == JSON:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_JSONFormatter(name))
+        handler.setFormatter(_JSONFormatter(name, key))
+        _JSON_FINAL = _JSONFormatter(name, key)
     elif sys.stderr.isatty():
         from rich.console import Console
         from rich.logging import RichHandler

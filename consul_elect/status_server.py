@@ -189,7 +189,9 @@ class StatusServer:
             listener = _listen(self._bind, self._port)
         except OSError as e:
             reason = (e.strerror or str(e)).lower()
-            raise UsageError(f"cannot serve status on {_host_port(self._bind, self._port)}: {reason}") from None
+            hint = " (another candidate on this host? give each its own --port, or 0 for any free port)" \
+                if e.errno == errno.EADDRINUSE else ""
+            raise UsageError(f"cannot serve status on {_host_port(self._bind, self._port)}: {reason}{hint}") from None
         try:
             self._loop = _EventLoop(listener, endpoints)
         except BaseException:

@@ -640,7 +640,8 @@ class Transport:
         if isinstance(e, ssl.SSLError) and not isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             reason = e.reason or ""
             if reason in _NOT_TLS_REASONS:
-                return self.error(ConsulTLSError, f"https was used, but the server at {where} speaks plain HTTP: "
+                return self.error(ConsulTLSError, f"https was used (an https:// address or CONSUL_HTTP_SSL=true), but the server at {where} "
+                                                  "speaks plain HTTP: "
                                                   "use http:// or enable TLS on the agent")
             if reason in _CLIENT_CERT_REFUSED:
                 if self.conn.client_cert:
