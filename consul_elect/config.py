@@ -20,8 +20,11 @@ Renewals are spaced so that RENEWS_PER_WINDOW attempts fit before the graceful s
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import signal
 import socket
+import tempfile
 
 from .errors import UsageError
 
@@ -85,6 +88,38 @@ WATCHDOG_PING_INTERVAL = 1.0
 WATCHDOG_ANSWER_TIMEOUT = 3.0
 # The elector's loop turns at least this often, so /health sees a live loop.
 LOOP_WAKE = 1.0
+
+# -- signal mode, the role file and transition hooks (README "Signal mode") -------------------
+# exec: the command runs only while this candidate leads. signal: it runs on every candidate
+# and is told by signal when it becomes leader and when it must stand down.
+MODE_EXEC = "exec"
+MODE_SIGNAL = "signal"
+MODES = (MODE_EXEC, MODE_SIGNAL)
+DEFAULT_MODE = MODE_EXEC
+# The two user signals have no meaning of their own, so a command cannot mistake them for a
+# request to stop (SIGTERM) or to reload (SIGHUP, by convention).
+DEFAULT_ELECTED_SIGNAL = signal.SIGUSR1
+DEFAULT_DEMOTED_SIGNAL = signal.SIGUSR2
+# Signals a command cannot handle, or that would stop it rather than tell it something.
+UNUSABLE_ROLE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
+# The command acknowledges a demotion by writing "follower <fencing token>" to the role file's
+# path plus this suffix; the watchdog looks for it this often while a demotion awaits one, so a
+# well-behaved command hands over in about 10 ms and the poll costs nothing the rest of the time.
+ACK_SUFFIX = ".ack"
+ACK_POLL = 0.01
+# Starting the command as a follower needs no lease, but a hung exec (a dead NFS mount) must not
+# keep the watchdog from answering the elector's pings for WATCHDOG_ANSWER_TIMEOUT.
+FOLLOWER_START_TIMEOUT = 2.0
+# The two transition hooks, by the names their flags and log lines use.
+HOOK_ON_ELECTED = "on-elected"
+HOOK_ON_DEMOTED = "on-demoted"
+# A hook is a side job (tell a load balancer, page someone): it must never hold up an election,
+# so it runs beside it and is killed after this long.
+DEFAULT_HOOK_TIMEOUT = 10.0
+# Hooks are run with /bin/sh -c, like a crontab line, so that a flag can hold a pipeline.
+HOOK_SHELL = "/bin/sh"
+# A hook's output is logged line by line; a longer line is cut so a hook cannot flood the log.
+HOOK_LINE_LIMIT = 1000
 
 DEFAULT_CONSUL_ADDR = "127.0.0.1:8500"
 # The status server listens on every interface, so a container's published port reaches it.
@@ -180,6 +215,16 @@ class Config:
     # Put the command in a cgroup of its own where one can be made (Linux): the strongest net
     # for processes that leave its process group. Off: process group and subreaper sweep only.
     cgroup: bool = True
+    # exec or signal (see MODE_* above).
+    mode: str = DEFAULT_MODE
+    elected_signal: int = DEFAULT_ELECTED_SIGNAL
+    demoted_signal: int = DEFAULT_DEMOTED_SIGNAL
+    # Where the role file lives (None: none in exec mode, default_role_file() in signal mode).
+    role_file: str | None = None
+    # Shell commands run at each transition (None: none), killed after hook_timeout.
+    on_elected: str | None = None
+    on_demoted: str | None = None
+    hook_timeout: float = DEFAULT_HOOK_TIMEOUT
 
     def __post_init__(self) -> None:
         validate_key(self.key)
@@ -208,6 +253,36 @@ class Config:
             raise UsageError("--timeout must be greater than 0")
         if self.status_port is not None and not 0 <= self.status_port < 65536:
             raise UsageError(f"--port must be between 0 and 65535, got {self.status_port}")
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for flag, signo in (("--elected-signal", self.elected_signal), ("--demoted-signal", self.demoted_signal)):
+            if signo in UNUSABLE_ROLE_SIGNALS or signo not in signal.valid_signals():
+                raise UsageError(f"{flag} cannot be {_signal_name(signo)}: the command must be able to handle it")
+        if self.elected_signal == self.demoted_signal:
+            raise UsageError(f"--elected-signal and --demoted-signal are both {_signal_name(self.elected_signal)}: "
+                             "the command could not tell becoming leader from standing down")
+        if self.role_file is not None and (not self.role_file.strip() or self.role_file.endswith("/")):
+            raise UsageError(f"--role-file must name a file, got {self.role_file!r}")
+        if not self.hook_timeout > 0:
+            raise UsageError(f"--hook-timeout must be greater than 0, got {self.hook_timeout:g}s")
+
+    @property
+    def signal_mode(self) -> bool:
+        return self.mode == MODE_SIGNAL
+
+    @property
+    def has_role_file(self) -> bool:
+        return self.role_file is not None or self.signal_mode
+
+    def hook_command(self, hook: str) -> str | None:
+        return self.on_elected if hook == HOOK_ON_ELECTED else self.on_demoted
+
+    @property
+    def role_file_path(self) -> str | None:
+        """The role file: --role-file, else (signal mode only) default_role_file(key)."""
+        if self.role_file is not None:
+            return os.path.abspath(self.role_file)
+        return default_role_file(self.key) if self.signal_mode else None
 
     @property
     def _binding_limit(self) -> str:
@@ -228,3 +303,15 @@ class Config:
     def follower_renew_interval(self) -> float:
         """A waiting candidate only needs its session to outlive the TTL."""
         return max(self.ttl / 3, self.renew_interval)
+
+
+def default_role_file(key: str) -> str:
+    """$TMPDIR/consul-elect-<key with / as _>.role: one per key on a host (README "Signal mode")."""
+    return os.path.join(tempfile.gettempdir(), f"consul-elect-{key.replace('/', '_')}.role")
+
+
+def _signal_name(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"

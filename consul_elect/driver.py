@@ -19,19 +19,20 @@ import signal
 import socket
 import time
 
-from . import clock, containment, leadership, supervisor
+from . import clock, containment, leadership, role_file, supervisor
 from . import config as defaults
 from . import watchdog_protocol as proto
 from .clock import utc_now_iso
 from .config import Config
 from .consul_api import ConsulClient
 from .elector import KeyWatcher, SessionKeeper
-from .errors import ConsulError, ElectError
+from .errors import ConsulError, ElectError, UsageError
+from .hooks import Hooks
 from .leadership import (
-    Acquire, Acquired, AcquireRefused, CheckHolder, CheckKey, ChildExited, EndSession, Exit, Forward, GroupKilled,
-    HolderChecked, KeyRead, KillGroup, KillWatchdog, Log, OpenSession, Publish, RequestFailed, SendLease,
-    SessionOpened, SetRenewInterval, Spawn, Spawned, SpawnFailed, StopChild, Tick, WatchdogLost,
-    WatchdogUnresponsive,
+    Acked, Acquire, Acquired, AcquireRefused, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect, Elected,
+    EndSession, Exit, Forward, GroupKilled, HolderChecked, KeyRead, KillGroup, KillWatchdog, Log, OpenSession,
+    Publish, RequestFailed, RunHook, SendLease, SessionOpened, SetRenewInterval, Spawn, Spawned, SpawnFailed,
+    StartCommand, StopChild, TellLeader, Tick, WatchdogLost, WatchdogUnresponsive,
 )
 from .lock_key import Identity, session_name
 from .signals import FORWARDED_SIGNALS, SHUTDOWN_SIGNALS
@@ -74,6 +75,7 @@ class Driver:
         self.next_ping_at = 0.0
         self.last_turn = clock.now()
         self.watchdog_reported = False
+        self.hooks = Hooks(config.hook_timeout, self.state.hook_failed)
 
     # -- the one way in and out --------------------------------------------------------------
 
@@ -98,6 +100,10 @@ class Driver:
         return outcome.status
 
     def _start_services(self) -> None:
+        role_path = self.config.role_file_path
+        if role_path is not None and not os.access(os.path.dirname(role_path), os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write the role file {role_path}: its directory is missing or not writable "
+                             "(give --role-file, or set TMPDIR)")
         if self.config.status_port is not None:
             from .status_server import StatusServer
 
@@ -122,6 +128,9 @@ class Driver:
             confirmed = self._stop_command_for_good()
         if session is not None:
             self._end_session(session, release=confirmed)
+        # Hooks end by their own timeout; waited for while the role file (the watchdog's) is
+        # still there for them to read, and so that none outlives us.
+        self.hooks.wait()
         self._quit_watchdog()
         if self.watcher is not None:
             self.watcher.stop()
@@ -132,9 +141,13 @@ class Driver:
         for s in (*SHUTDOWN_SIGNALS, *FORWARDED_SIGNALS, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
         _remove_dir(self.watchdog.lease_dir)
+        if self.config.role_file_path is not None:
+            role_file.remove(self.config.role_file_path)  # the watchdog's job, unless it was killed
 
     def _child_may_run(self) -> bool:
-        return isinstance(self.core.phase, (leadership.Spawning, leadership.Leading, leadership.Stopping))
+        return self.core.memory.command_pid is not None or isinstance(
+            self.core.phase, (leadership.Starting, leadership.Spawning, leadership.Leading, leadership.StandingDown,
+                              leadership.Stopping))
 
     def _stop_command_for_good(self) -> bool:
         """Ask the watchdog to kill everything and confirm; if it cannot answer, do it ourselves."""
@@ -232,6 +245,12 @@ class Driver:
         elif isinstance(message, proto.Exited):
             self.events.put(ChildExited(message.pid, message.status, message.reason, message.killed,
                                         message.confirmed, message.survivors, message.swept))
+        elif isinstance(message, proto.Elected):
+            self.events.put(Elected(message.token))
+        elif isinstance(message, proto.Demoted):
+            self.events.put(Demoted(message.token, message.by_watchdog))
+        elif isinstance(message, proto.Acked):
+            self.events.put(Acked(message.token))
 
     def _install_signal_handlers(self) -> None:
         def post(signo, _frame):
@@ -259,7 +278,17 @@ class Driver:
     def _perform(self, action):
         if isinstance(action, Spawn):
             # The hot path of a failover: the order goes out before anything is logged.
-            self.watchdog.send(proto.Spawn(self._child_env(action.token, action.deadline)))
+            self.watchdog.send(proto.Spawn(self._child_env(action.token, action.deadline), action.token))
+        elif isinstance(action, Elect):
+            self.watchdog.send(proto.Elect(action.token))
+        elif isinstance(action, Demote):
+            self.watchdog.send(proto.Demote(action.token))
+        elif isinstance(action, StartCommand):
+            self.watchdog.send(proto.Start(self._role_env()))
+        elif isinstance(action, TellLeader):
+            self.watchdog.send(proto.SetLeader(action.name))
+        elif isinstance(action, RunHook):
+            self.hooks.start(action.hook, self.config.hook_command(action.hook), self._hook_env(action))
         elif isinstance(action, SendLease):
             value = self.identity.to_value(action.session, self.leader_since or utc_now_iso(), released=True)
             self.watchdog.send(proto.SetLease(action.deadline, value.decode()))
@@ -361,7 +390,7 @@ class Driver:
             self.state.update(**fields)
 
     def _child_env(self, token: int, deadline: float) -> dict[str, str]:
-        return {
+        env = {
             "CONSUL_ELECT_LEADER": "1",
             "CONSUL_ELECT_KEY": self.config.key,
             "CONSUL_ELECT_NAME": self.config.name,
@@ -371,6 +400,23 @@ class Driver:
             "CONSUL_ELECT_LEASE_CLOCK": clock.CLOCK_NAME,
             "CONSUL_LOCK_HELD": "true",
         }
+        if self.config.role_file_path is not None:
+            env["CONSUL_ELECT_ROLE_FILE"] = self.config.role_file_path
+        return env
+
+    def _role_env(self) -> dict[str, str]:
+        """Signal mode's command, and every hook: what stays true across terms (the current
+        term's fencing token and lease deadline are in the role file)."""
+        env = {"CONSUL_ELECT_MODE": self.config.mode, "CONSUL_ELECT_KEY": self.config.key,
+               "CONSUL_ELECT_NAME": self.config.name}
+        if self.config.role_file_path is not None:
+            env["CONSUL_ELECT_ROLE_FILE"] = self.config.role_file_path
+        return env
+
+    def _hook_env(self, action: RunHook) -> dict[str, str]:
+        role = role_file.LEADER if action.hook == defaults.HOOK_ON_ELECTED else role_file.FOLLOWER
+        return {**os.environ, **self._role_env(), "CONSUL_ELECT_HOOK": action.hook, "CONSUL_ELECT_ROLE": role,
+                "CONSUL_ELECT_FENCING_TOKEN": str(action.token)}
 
     def _public_status_address(self) -> str:
         # A wildcard bind is no address for others to use: name this host instead.

@@ -7,12 +7,24 @@ watchdog's answers, timers), passes the lease clock's `now` and a random number 
 performs the actions in order, and feeds each action's result back in as an event. `wake_at`
 says when the driver must call again with `Tick` if nothing else happens.
 
-The phase is one value carrying its own data:
+The phase is one value carrying its own data. Exec mode (the command runs only while leader):
 
     Checking -> Campaigning -> Spawning -> Leading -> Stopping -> Campaigning (or Leaving)
 
+Signal mode (the command runs on every candidate; only its *role* comes and goes):
+
+    Checking -> Starting -> Campaigning -> Leading -> StandingDown -> Campaigning
+                                                   (any phase) -> Stopping -> Leaving
+
+In both, Leading means "the command holds the role": exec mode's command runs; signal mode's
+was told it leads (Elect). What ends a term differs: exec mode stops the process (Stopping);
+signal mode demotes it and waits for its acknowledgement (StandingDown), keeping the key until
+then, and stops the process (Stopping) only on the way out. Either way the watchdog keeps the
+lease promise: the leader work ends by the lease deadline, or the process is killed.
+
 `Memory` is what outlives a phase: our session, the key as last seen, whether Consul answers,
-the last other holder we followed. Losing the lock is an ordinary event.
+the last other holder we followed, and in signal mode the command's pid. Losing the lock is an
+ordinary event.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from .errors import (
 from .lock_key import KeyState, parse_identity
 from .state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN
 from .signals import SHUTDOWN_SIGNALS, name as signal_name
-from .watchdog_protocol import REASON_LEASE_EXPIRED
+from .watchdog_protocol import REASON_LEASE_EXPIRED, REASON_NOT_ACKNOWLEDGED
 
 
 
@@ -158,6 +170,26 @@ class Signal:
 
 
 @dataclasses.dataclass(frozen=True)
+class Elected:
+    """Signal mode: the watchdog told the command it leads term *token* (role file, then signal)."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Demoted:
+    """Signal mode: the watchdog told the command to stand down from *token*; *by_watchdog*: on
+    its own, because the lease deadline came within the grace period without a renewal."""
+    token: int
+    by_watchdog: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Acked:
+    """Signal mode: the command acknowledged that it stopped the leader work of *token*."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
 class WatchdogLost:
     """The watchdog process is gone (its socket closed)."""
 
@@ -214,6 +246,37 @@ class SendLease:
 class Spawn:
     token: int
     deadline: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StartCommand:
+    """Signal mode: start the command as a follower (answer: Spawned or SpawnFailed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Elect:
+    """Signal mode: tell the command it leads term *token* (answer: Elected)."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Demote:
+    """Signal mode: tell the command to stand down from *token* (answers: Demoted, then Acked, or
+    ChildExited when it did not acknowledge within the grace period and was killed)."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TellLeader:
+    """Who leads, for the role file (None: nobody, or not known yet)."""
+    name: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunHook:
+    """Start hook *hook* (config.HOOK_ON_ELECTED or HOOK_ON_DEMOTED) for term *token*; nothing waits for it."""
+    hook: str
+    token: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +355,12 @@ class Campaigning:
 
 
 @dataclasses.dataclass(frozen=True)
+class Starting:
+    """Signal mode: the command is being started (as a follower); campaigning begins once it runs."""
+    started_at: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Spawning:
     token: int
     deadline: float
@@ -334,11 +403,28 @@ class Stopping:
 
 
 @dataclasses.dataclass(frozen=True)
+class StandingDown:
+    """Signal mode: the command was told to stand down from term *token* at *told_at* and has not
+    acknowledged yet. The key is kept (renewed while *key_held*) until it does; the watchdog kills
+    it if it has not by told_at + grace (or the lease deadline, if sooner). *then*: what follows
+    the acknowledgement (campaign again, or release and stop the command on the way out)."""
+    token: int
+    deadline: float
+    pid: int | None
+    reason: str
+    then: Then
+    key_held: bool
+    told_at: float
+    shutdown_signo: int | None = None
+    error: ElectError | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Leaving:
     exit: Exit
 
 
-Phase = Checking | Campaigning | Spawning | Leading | Stopping | Leaving
+Phase = Checking | Starting | Campaigning | Spawning | Leading | StandingDown | Stopping | Leaving
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +445,10 @@ class Memory:
     # Our own earlier sessions: a key still held by one of them leads nobody (we could not
     # release it while Consul was down); it only blocks the key until Consul expires it.
     ended_sessions: tuple = ()
+    # Signal mode: the command's pid while it runs (it outlives the terms).
+    command_pid: int | None = None
+    # The term whose on-elected hook ran and whose on-demoted hook has not: hooks come in pairs.
+    hook_term: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,10 +475,14 @@ def wake_at(core: Core) -> float | None:
     if isinstance(p, Campaigning):
         moments = [t for t in (p.next_at, _patience_end(core, p.started_at)) if t is not None]
         return min(moments) if moments else None
+    if isinstance(p, Starting):
+        return _patience_end(core, p.started_at)
     if isinstance(p, Spawning):
         return p.deadline - c.grace
     if isinstance(p, Leading):
         return p.deadline - c.grace
+    if isinstance(p, StandingDown):
+        return p.deadline
     if isinstance(p, Stopping):
         moments = [p.next_kill_at] if p.next_kill_at is not None else []
         if not p.backup_killed and p.survivors is None:
@@ -499,12 +593,20 @@ def _out_of_patience(core: Core, started_at: float, now: float):
     waited = now - started_at
     if core.memory.consul.failing or not core.memory.consul.answered:
         error = core.memory.consul_error or ConsulUnavailable("Consul did not answer")
-        return _leave(core, Exit(error=ConsulUnavailable(f"{error} (gave up after {waited:.0f}s)")))
-    return _leave(core, Exit(error=LeadershipTimeout(
+        return _leave(core, now, Exit(error=ConsulUnavailable(f"{error} (gave up after {waited:.0f}s)")))
+    return _leave(core, now, Exit(error=LeadershipTimeout(
         f"not elected leader of {core.config.key} within {waited:.1f}s")))
 
 
-def _leave(core: Core, exit_: Exit, actions: Actions | None = None) -> tuple[Core, Actions]:
+def _leave(core: Core, now: float, exit_: Exit, actions: Actions | None = None) -> tuple[Core, Actions]:
+    """Leave while not leading: in signal mode stop the command first; then end the session
+    (releasing if ours), and exit."""
+    if _command_runs(core):
+        return _stop_command(core, now, "leaving", error=exit_.error, actions=list(actions or []))
+    return _leave_now(core, exit_, actions)
+
+
+def _leave_now(core: Core, exit_: Exit, actions: Actions | None = None) -> tuple[Core, Actions]:
     """Leave while no command runs: end the session (releasing if ours), then exit."""
     actions = list(actions or [])
     if core.memory.session is not None:
@@ -524,11 +626,11 @@ def _abort(core: Core, now: float, error: ElectError, message: str) -> tuple[Cor
     p = core.phase
     log = Log(logging.ERROR, message)
     if isinstance(p, (Spawning, Leading)):
-        core, actions = _begin_stop(core, now, message, Then.EXIT, key_held=True, error=error, log=False)
+        core, actions = _step_down(core, now, message, Then.EXIT, key_held=True, error=error, log=False)
         return core, [log, *actions]
-    if isinstance(p, Stopping):
+    if isinstance(p, (Stopping, StandingDown)):
         return dataclasses.replace(core, phase=dataclasses.replace(p, then=Then.EXIT, error=error)), [log]
-    return _leave(core, Exit(error=error), [log])
+    return _leave(core, now, Exit(error=error), [log])
 
 
 # -- Checking: is the key ours to campaign on? -----------------------------------------------
@@ -547,15 +649,19 @@ def _checking(core: Core, p: Checking, event, now: float, rand: float):
         core, actions = _consul_up(core)
         kv = event.key
         if kv is not None and kv.value and parse_identity(kv.value) is None:
-            return _leave(core, Exit(error=NotAnElectKey(
+            return _leave(core, now, Exit(error=NotAnElectKey(
                 f"refusing to campaign on {core.config.key}: it holds {len(kv.value)} bytes that are not a "
                 "consul-elect identity (another tool's data?); use another key")), actions)
+        if core.config.signal_mode:
+            # The command runs on every candidate: start it before campaigning.
+            core = _with_memory(core, key=kv)
+            return _set_phase(core, Starting(started_at=p.started_at)), [StartCommand(), *actions]
         core = dataclasses.replace(core, phase=Campaigning(started_at=p.started_at, next_at=now))
         core, seen = _see_key(core, kv, now)
         return core, actions + seen
     if isinstance(event, RequestFailed):
         if _fatal(core, event.error):
-            return _leave(core, Exit(error=event.error))
+            return _leave(core, now, Exit(error=event.error))
         core, actions = _consul_down(core, event.error)
         gave_up = _out_of_patience(core, p.started_at, now)
         if gave_up:
@@ -565,22 +671,29 @@ def _checking(core: Core, p: Checking, event, now: float, rand: float):
         return dataclasses.replace(core, phase=phase), actions + _published_state(core)
     if isinstance(event, KeyChanged):
         return _with_memory(core, key=event.key), []
-    return _not_leading(core, event)
+    return _not_leading(core, event, now)
 
 
-def _not_leading(core: Core, event) -> tuple[Core, Actions]:
+def _not_leading(core: Core, event, now: float) -> tuple[Core, Actions]:
     """Events any non-leading phase handles the same way."""
     if isinstance(event, Signal):
+        name = signal_name(event.signo)
         if event.signo in SHUTDOWN_SIGNALS:
-            return _leave(core, Exit(status=0),
-                          [Log(logging.INFO, f"received {signal_name(event.signo)} while not leading: leaving the race")])
-        return core, [Log(logging.INFO, f"received {signal_name(event.signo)} while not leading: "
-                                        "no command to forward it to")]
+            if _command_runs(core):
+                return _stop_command(core, now, f"received {name}", signo=event.signo, actions=[
+                    Log(logging.INFO, f"received {name} while not leading: leaving the race")])
+            return _leave_now(core, Exit(status=0),
+                              [Log(logging.INFO, f"received {name} while not leading: leaving the race")])
+        if core.memory.command_pid is not None:
+            return core, [Forward(event.signo)]
+        return core, [Log(logging.INFO, f"received {name} while not leading: no command to forward it to")]
     if isinstance(event, (WatchdogLost, WatchdogUnresponsive)):
+        if _command_runs(core):
+            return _watchdog_gone(core, event, now)
         what = "died" if isinstance(event, WatchdogLost) else "stopped answering"
         actions = [KillWatchdog()] if isinstance(event, WatchdogUnresponsive) else []
-        return _leave(core, Exit(error=WatchdogFailed(f"the watchdog process {what}; leaving")),
-                      [Log(logging.ERROR, f"the watchdog process {what}; leaving"), *actions])
+        return _leave_now(core, Exit(error=WatchdogFailed(f"the watchdog process {what}; leaving")),
+                          [Log(logging.ERROR, f"the watchdog process {what}; leaving"), *actions])
     if isinstance(event, Renewed):
         core, actions = _consul_up(core)
         return core, actions + _published_state(core)
@@ -644,7 +757,7 @@ def _campaigning(core: Core, p: Campaigning, event, now: float, rand: float):
             core = _forget_session(core)
             return _set(core, p, next_at=now), [EndSession(m.session, release=False)]
         if _fatal(core, error):
-            return _leave(core, Exit(error=error))
+            return _leave(core, now, Exit(error=error))
         core, actions = _consul_down(core, error)
         gave_up = _out_of_patience(core, p.started_at, now)
         if gave_up:
@@ -661,7 +774,9 @@ def _campaigning(core: Core, p: Campaigning, event, now: float, rand: float):
         core, actions = _consul_up(core)
         core, seen = _see_key(core, event.key, now)
         return core, actions + seen
-    return _not_leading(core, event)
+    if isinstance(event, ChildExited) and m.command_pid is not None and event.pid in (m.command_pid, None):
+        return _command_ended(core, event, now)
+    return _not_leading(core, event, now)
 
 
 def _set(core: Core, phase, **fields) -> Core:
@@ -681,12 +796,15 @@ def _see_key(core: Core, kv: KeyState | None, now: float) -> tuple[Core, Actions
         if previous is None or previous.session != kv.session:
             leader_name = holder.get("name") or "a non-consul-elect holder"
             actions.append(Log(logging.INFO, f"following {leader_name} (session {kv.session})"))
+            actions += _tell_leader(core, holder.get("name") if isinstance(holder.get("name"), str) else None)
         core = _with_memory(core, holder=followed)
         leader = {**holder, "name": holder.get("name"), "session": kv.session}
         core = _set(core, p, next_at=None if m.session is not None else p.next_at, holder_wait=None)
         return core, actions + [Publish({"leader": leader}), *_published_state(core)]
     core = _with_memory(core, holder=None)
     actions = [Publish({"leader": None}), *_published_state(core)]
+    if previous is not None:
+        actions += _tell_leader(core, None)
     wait = _unclean_release(core, kv, previous, now)
     lock_delay = (previous.lock_delay if previous and previous.lock_delay is not None else defaults.MAX_LOCK_DELAY)
     quick_until = now + lock_delay + defaults.LOCK_DELAY_MARGIN if previous is not None else p.quick_retry_until
@@ -732,9 +850,15 @@ def _number(value) -> float | None:
 def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple[Core, Actions]:
     c, m = core.config, core.memory
     deadline = event.sent_at + c.lease_window
-    # The spawn goes first: nothing else stands between the acquire and the command's start.
-    spawn_first = [SendLease(m.session, deadline), Spawn(event.token, deadline)]
-    core = dataclasses.replace(core, phase=Spawning(event.token, deadline), memory=dataclasses.replace(m, holder=None))
+    # The spawn (signal mode: the elected signal) goes first: nothing else stands between the
+    # acquire and the command's start.
+    if c.signal_mode:
+        spawn_first = [SendLease(m.session, deadline), Elect(event.token)]
+        phase = Leading(event.token, deadline, m.command_pid)
+    else:
+        spawn_first = [SendLease(m.session, deadline), Spawn(event.token, deadline)]
+        phase = Spawning(event.token, deadline)
+    core = dataclasses.replace(core, phase=phase, memory=dataclasses.replace(m, holder=None))
     return core, spawn_first + [
         # The lease counts from when the acquire was sent; if Consul took long to answer, most
         # of it is gone: get a fresh proof at once.
@@ -767,19 +891,20 @@ def _loss(core: Core, event, token: int) -> str | None:
 def _spawning(core: Core, p: Spawning, event, now: float, rand: float):
     c = core.config
     if isinstance(event, Spawned):
-        return _set_phase(core, Leading(p.token, p.deadline, event.pid)), [
-            Publish({"child_started": True}), Log(logging.INFO, f"started the command (pid {event.pid})")]
+        core = _with_memory(_set_phase(core, Leading(p.token, p.deadline, event.pid)), hook_term=p.token)
+        return core, [Publish({"child_started": True}), Log(logging.INFO, f"started the command (pid {event.pid})"),
+                      *_hook(core, defaults.HOOK_ON_ELECTED, p.token)]
     if isinstance(event, SpawnFailed):
         if event.lease_expired:
             return _lost_without_child(core, now, "the lease ran out before the command could start")
-        return _leave(core, Exit(status=event.code or 0), [Log(logging.ERROR, event.error)])
+        return _leave_now(core, Exit(status=event.code or 0), [Log(logging.ERROR, event.error)])
     return _holding(core, p, event, now)
 
 
 def _leading(core: Core, p: Leading, event, now: float, rand: float):
     c = core.config
     if isinstance(event, ChildExited) and event.pid == p.pid:
-        if event.reason == REASON_LEASE_EXPIRED:
+        if event.reason == REASON_LEASE_EXPIRED and not c.signal_mode:
             reason = "lease expired: the watchdog killed the command"
             core = _set_phase(core, _stopping_from(p, reason, Then.CAMPAIGN, key_held=False))
             core, actions = _child_over(core, event, now)
@@ -794,6 +919,15 @@ def _leading(core: Core, p: Leading, event, now: float, rand: float):
         return core, [Forward(event.signo)]
     if isinstance(event, KeyChanged) and _loss(core, event, p.token) is None and event.index >= p.token:
         return _set(_with_memory(core, key=event.key), p, watch_ok=True), []
+    if isinstance(event, Elected) and event.token == p.token:
+        return _with_memory(core, hook_term=p.token), _hook(core, defaults.HOOK_ON_ELECTED, p.token)
+    if isinstance(event, Demoted) and event.token == p.token:
+        # The watchdog demoted the command on its own: no renewal reached it before
+        # deadline - grace (one may have reached us just too late). The term is over either way.
+        core, actions = _stand_down(core, now, "the lease ran out before a renewal reached the watchdog, "
+                                               "which demoted the command", Then.CAMPAIGN, key_held=True, told=True)
+        core, hook = _term_over(core)
+        return core, actions + hook
     return _holding(core, p, event, now)
 
 
@@ -802,8 +936,8 @@ def _holding(core: Core, p: Spawning | Leading, event, now: float):
     c = core.config
     if isinstance(event, Tick):
         if now >= p.deadline - c.grace:
-            return _begin_stop(core, now, f"lease running out: no proof of life for "
-                                          f"{c.lease_window - c.grace:.2f}s", Then.CAMPAIGN, key_held=True)
+            return _step_down(core, now, f"lease running out: no proof of life for "
+                                         f"{c.lease_window - c.grace:.2f}s", Then.CAMPAIGN, key_held=True)
         return core, []
     if isinstance(event, Renewed):
         core, actions = _consul_up(core)
@@ -816,9 +950,9 @@ def _holding(core: Core, p: Spawning | Leading, event, now: float):
     if reason is not None:
         if isinstance(event, KeyChanged):
             core = _with_memory(core, key=event.key)
-        return _begin_stop(core, now, reason, Then.CAMPAIGN, key_held=False)
+        return _step_down(core, now, reason, Then.CAMPAIGN, key_held=False)
     if isinstance(event, Signal) and event.signo in SHUTDOWN_SIGNALS:
-        return _begin_stop(core, now, None, Then.EXIT, key_held=True, signo=event.signo)
+        return _step_down(core, now, None, Then.EXIT, key_held=True, signo=event.signo)
     if isinstance(event, (WatchdogLost, WatchdogUnresponsive)):
         return _watchdog_gone(core, event, now)
     if isinstance(event, KeyChanged):
@@ -835,6 +969,14 @@ def _set_phase(core: Core, phase) -> Core:
 def _stopping_from(p: Spawning | Leading, reason: str, then: Then, key_held: bool, **fields) -> Stopping:
     return Stopping(reason=reason, then=then, deadline=p.deadline, pid=getattr(p, "pid", None), key_held=key_held,
                     **fields)
+
+
+def _step_down(core: Core, now: float, reason: str | None, then: Then, key_held: bool, signo: int | None = None,
+               error: ElectError | None = None, log: bool = True) -> tuple[Core, Actions]:
+    """The term ends: exec mode stops the command; signal mode demotes it."""
+    if core.config.signal_mode and isinstance(core.phase, Leading):
+        return _stand_down(core, now, reason, then, key_held, signo, error, log)
+    return _begin_stop(core, now, reason, then, key_held, signo, error, log)
 
 
 def _begin_stop(core: Core, now: float, reason: str | None, then: Then, key_held: bool, signo: int | None = None,
@@ -862,22 +1004,31 @@ def _lost_without_child(core: Core, now: float, reason: str) -> tuple[Core, Acti
 
 
 def _after_stop(core: Core, then: Then, reason: str, status: int | None, error: ElectError | None, now: float,
-                actions: Actions) -> tuple[Core, Actions]:
-    """The command is confirmed gone: end the session (releasing), then campaign or leave."""
+                actions: Actions, signo: int | None = None) -> tuple[Core, Actions]:
+    """The leader work is confirmed over (exec mode: the command is gone; signal mode: it stood
+    down): end the session (releasing), then campaign or leave (in signal mode, leaving stops
+    the command first: the release comes before, so the next leader need not wait for that)."""
     c, m = core.config, core.memory
     if m.session is not None:
         actions.append(EndSession(m.session, release=True))
         core = _forget_session(core)
+    core, hook = _term_over(core)
+    actions += hook
     if then is Then.EXIT:
+        if _command_runs(core):
+            return _stop_command(core, now, reason, error=error, signo=signo, actions=actions)
         exit_ = Exit(status=status if status is not None else 0, error=error)
         return dataclasses.replace(core, phase=Leaving(exit_)), actions + [exit_]
     if c.exit_on_loss:
-        exit_ = Exit(error=LeadershipLost(f"lost leadership of {c.key}: {reason}"))
+        lost = LeadershipLost(f"lost leadership of {c.key}: {reason}")
+        if _command_runs(core):
+            return _stop_command(core, now, reason, error=lost, actions=actions)
+        exit_ = Exit(error=lost)
         return dataclasses.replace(core, phase=Leaving(exit_)), actions + [exit_]
     core = _set_phase(core, Campaigning(started_at=now, next_at=now))
     core, seen = _see_key(core, m.key, now)
     actions += [Publish({"state": CAMPAIGNING, "session": None}),
-                Log(logging.INFO, f"campaigning for {c.key} as {c.name}"), *seen]
+                Log(logging.INFO, f"campaigning for {c.key} as {c.name}"), *_tell_leader(core, None), *seen]
     return core, actions
 
 
@@ -895,9 +1046,13 @@ def _watchdog_gone(core: Core, event, now: float) -> tuple[Core, Actions]:
     if isinstance(p, Stopping):
         stopping = dataclasses.replace(p, then=Then.EXIT, error=error, watchdog_dead=True, backup_killed=True,
                                        next_kill_at=None)
-    else:
+    elif isinstance(p, (Spawning, Leading)):
         stopping = _stopping_from(p, f"the watchdog {what}", Then.EXIT, key_held=True, error=error,
                                   watchdog_dead=True, backup_killed=True)
+    else:  # signal mode: Starting, Campaigning (the command runs as a follower), StandingDown
+        stopping = Stopping(reason=f"the watchdog {what}", then=Then.EXIT, deadline=getattr(p, "deadline", now),
+                            pid=getattr(p, "pid", core.memory.command_pid), key_held=getattr(p, "key_held", False),
+                            error=error, watchdog_dead=True, backup_killed=True)
     return _set_phase(core, stopping), actions
 
 
@@ -973,6 +1128,9 @@ def _child_over(core: Core, event: ChildExited, now: float) -> tuple[Core, Actio
         if p.forced_by is not None:
             actions.append(Log(logging.WARNING, f"the command was killed with SIGKILL at your second "
                                                 f"{signal_name(p.forced_by)}"))
+        elif event.reason == REASON_NOT_ACKNOWLEDGED:
+            actions.append(Log(logging.ERROR, f"the command did not acknowledge its demotion within "
+                                              f"{core.config.grace:g}s (or by the lease deadline): killed with SIGKILL"))
         elif event.reason != REASON_LEASE_EXPIRED:
             actions.append(Log(logging.WARNING, "the command did not stop within the grace period: "
                                                 "killed with SIGKILL"))
@@ -984,7 +1142,7 @@ def _child_over(core: Core, event: ChildExited, now: float) -> tuple[Core, Actio
     if status is None and p.shutdown_signo is not None:
         status = 128 + p.shutdown_signo
     p = dataclasses.replace(p, status=status, pid=None)
-    core = _set_phase(core, p)
+    core = _with_memory(_set_phase(core, p), command_pid=None)
     if not event.confirmed:
         core = _set_phase(core, dataclasses.replace(p, survivors=tuple(event.survivors),
                                                     next_kill_at=now + defaults.CONTAIN_RETRY))
@@ -995,7 +1153,147 @@ def _child_over(core: Core, event: ChildExited, now: float) -> tuple[Core, Actio
 def _finished(core: Core, p: Stopping, status: int | None, now: float, actions: Actions) -> tuple[Core, Actions]:
     if p.survivors:
         actions = actions + [Log(logging.INFO, "the command's last processes are gone")]
+    core = _with_memory(core, command_pid=None)
     return _after_stop(core, p.then, p.reason, status, p.error, now, actions)
+
+
+# -- signal mode: Starting, StandingDown, and the command that outlives the terms ---------------
+
+
+def _starting(core: Core, p: Starting, event, now: float, rand: float):
+    if isinstance(event, Spawned):
+        core = _with_memory(core, command_pid=event.pid)
+        core = _set_phase(core, Campaigning(started_at=p.started_at, next_at=now))
+        core, seen = _see_key(core, core.memory.key, now)
+        return core, [Publish({"child_started": True}),
+                      Log(logging.INFO, f"started the command as a follower (pid {event.pid})"), *seen]
+    if isinstance(event, SpawnFailed):
+        return _leave_now(core, Exit(status=event.code or 0), [Log(logging.ERROR, event.error)])
+    if isinstance(event, Tick):
+        return _out_of_patience(core, p.started_at, now) or (core, [])
+    if isinstance(event, KeyChanged):
+        return _with_memory(core, key=event.key), []
+    return _not_leading(core, event, now)
+
+
+def _standing_down(core: Core, p: StandingDown, event, now: float, rand: float):
+    c = core.config
+    if isinstance(event, Acked) and event.token == p.token:
+        return _stood_down(core, p, now)
+    if isinstance(event, Elected) and event.token == p.token:
+        # The demotion was ordered before the watchdog's answer to Elect arrived.
+        return _with_memory(core, hook_term=p.token), _hook(core, defaults.HOOK_ON_ELECTED, p.token)
+    if isinstance(event, Demoted) and event.token == p.token:
+        return _term_over(core)
+    if isinstance(event, ChildExited) and event.pid in (p.pid, None):
+        # Killed for not acknowledging in time, or it ended on its own: either way it is gone.
+        core = _set_phase(core, Stopping(reason=p.reason, then=Then.EXIT, deadline=p.deadline, pid=p.pid,
+                                         key_held=p.key_held, error=p.error, shutdown_signo=p.shutdown_signo))
+        return _child_over(core, event, now)
+    if isinstance(event, Tick):
+        if now >= p.deadline:
+            # The watchdog kills at the end of the grace period; by the deadline it has not
+            # reported it done, so it may be frozen: kill the command ourselves.
+            return _set_phase(core, Stopping(reason=p.reason, then=Then.EXIT, deadline=p.deadline, pid=p.pid,
+                                             key_held=p.key_held, error=p.error, shutdown_signo=p.shutdown_signo,
+                                             backup_killed=True)), [KillGroup()]
+        return core, []
+    if isinstance(event, Renewed):
+        core, actions = _consul_up(core)
+        if not p.key_held:
+            return core, actions
+        deadline = max(p.deadline, event.sent_at + c.lease_window)
+        return _set(core, p, deadline=deadline), actions + [SendLease(core.memory.session, deadline)]
+    if isinstance(event, KeyChanged):
+        core = _with_memory(core, key=event.key)
+        if p.key_held and (event.key is None or event.key.session != core.memory.session):
+            return _set(core, p, key_held=False), []
+        return core, []
+    if isinstance(event, SessionEnded):
+        return _set(core, p, key_held=False), []
+    if isinstance(event, Signal):
+        name = signal_name(event.signo)
+        if event.signo not in SHUTDOWN_SIGNALS:
+            return core, [Forward(event.signo)]
+        if p.shutdown_signo is None:
+            return _set(core, p, then=Then.EXIT, shutdown_signo=event.signo), [
+                Log(logging.INFO, f"received {name}: leaving once the command has stood down")]
+        return _set_phase(core, Stopping(reason=p.reason, then=Then.EXIT, deadline=p.deadline, pid=p.pid,
+                                         key_held=p.key_held, error=p.error, shutdown_signo=p.shutdown_signo,
+                                         forced_by=event.signo)), [
+            Log(logging.WARNING, f"second signal ({name}): killing the command now"), StopChild(0.0)]
+    if isinstance(event, (WatchdogLost, WatchdogUnresponsive)):
+        return _watchdog_gone(core, event, now)
+    return core, []
+
+
+def _stand_down(core: Core, now: float, reason: str | None, then: Then, key_held: bool, signo: int | None = None,
+                error: ElectError | None = None, log: bool = True, told: bool = False) -> tuple[Core, Actions]:
+    """Signal mode: tell the command to stand down (unless the watchdog *told* it already), keep
+    the key until it acknowledges, and publish at once that we no longer lead."""
+    c, p = core.config, core.phase
+    actions: Actions = [] if told else [Demote(p.token)]
+    actions.append(Publish({"state": STEPPING_DOWN, "fencing_token": None, "lease_deadline": None}))
+    how = f"demoting the command ({signal_name(c.demoted_signal)}; it has {c.grace:g}s to acknowledge)"
+    if signo is not None:
+        reason = f"received {signal_name(signo)}"
+        actions.append(Log(logging.INFO, f"{reason}: {how}, then releasing {c.key} and stopping it"))
+    elif log:
+        actions.append(Log(logging.WARNING, f"lost leadership of {c.key}: {reason}"))
+        actions.append(Log(logging.INFO, f"standing down: {how}"))
+    standing = StandingDown(token=p.token, deadline=p.deadline, pid=p.pid, reason=reason, then=then,
+                            key_held=key_held, told_at=now, shutdown_signo=signo, error=error)
+    return _set_phase(core, standing), actions
+
+
+def _stood_down(core: Core, p: StandingDown, now: float) -> tuple[Core, Actions]:
+    """The command acknowledged: the leader work is over, so the key can go."""
+    actions: Actions = [Log(logging.INFO, f"the command stood down from term {p.token} "
+                                          f"({now - p.told_at:.3f}s after it was told)")]
+    return _after_stop(core, p.then, p.reason, None, p.error, now, actions, signo=p.shutdown_signo)
+
+
+def _command_runs(core: Core) -> bool:
+    """Signal mode: is the command running (or being started) while we do not lead?"""
+    return core.memory.command_pid is not None or isinstance(core.phase, Starting)
+
+
+def _stop_command(core: Core, now: float, reason: str, error: ElectError | None = None, signo: int | None = None,
+                  actions: Actions = ()) -> tuple[Core, Actions]:
+    """Signal mode, on the way out: stop the command (SIGTERM, SIGKILL after the grace); no
+    lease binds a follower's command, so the elector's own kill waits for the watchdog's."""
+    c = core.config
+    stopping = Stopping(reason=reason, then=Then.EXIT, deadline=now + c.grace + defaults.KILL_WAIT,
+                        pid=core.memory.command_pid, key_held=False, error=error, shutdown_signo=signo)
+    return _set_phase(core, stopping), [*actions, StopChild(c.grace),
+                                        Log(logging.INFO, f"stopping the command (grace {c.grace:g}s)")]
+
+
+def _command_ended(core: Core, event: ChildExited, now: float) -> tuple[Core, Actions]:
+    """Signal mode: the command exited while following. Leave with its status."""
+    c = core.config
+    core = _set_phase(core, Stopping(reason="the command exited", then=Then.EXIT,
+                                     deadline=now + c.grace + defaults.KILL_WAIT, pid=core.memory.command_pid,
+                                     key_held=False))
+    core, actions = _child_over(core, event, now)
+    status = f"with status {event.status}" if event.status is not None else "(status unknown)"
+    return core, [Log(logging.INFO, f"the command exited {status}; leaving the race for {c.key}"), *actions]
+
+
+def _term_over(core: Core) -> tuple[Core, Actions]:
+    """The on-demoted hook of the term whose on-elected hook ran (once)."""
+    token = core.memory.hook_term
+    if token is None:
+        return core, []
+    return _with_memory(core, hook_term=None), _hook(core, defaults.HOOK_ON_DEMOTED, token)
+
+
+def _hook(core: Core, hook: str, token: int) -> Actions:
+    return [RunHook(hook, token)] if core.config.hook_command(hook) else []
+
+
+def _tell_leader(core: Core, name: str | None) -> Actions:
+    return [TellLeader(name)] if core.config.has_role_file else []
 
 
 def _leaving(core, p, event, now, rand):
@@ -1004,9 +1302,11 @@ def _leaving(core, p, event, now, rand):
 
 _HANDLERS = {
     Checking: _checking,
+    Starting: _starting,
     Campaigning: _campaigning,
     Spawning: _spawning,
     Leading: _leading,
+    StandingDown: _standing_down,
     Stopping: _stopping,
     Leaving: _leaving,
 }

@@ -56,6 +56,8 @@ class ElectionCollector(Collector):
             ("consul_elect_transitions", "Changes of election state (campaigning, leader, ...).", snapshot.transitions),
             ("consul_elect_consul_errors", "Consul requests that failed or could not reach Consul.", snapshot.consul_errors),
             ("consul_elect_child_starts", "Times the command was started.", snapshot.child_starts),
+            ("consul_elect_hook_failures", "Transition hooks that failed, hung (killed) or could not start.",
+             snapshot.hook_failures),
         ):
             counter = CounterMetricFamily(name, documentation, labels=["key"])
             counter.add_metric(labels, value)

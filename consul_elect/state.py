@@ -34,6 +34,7 @@ class Snapshot:
     transitions: int = 0
     consul_errors: int = 0
     child_starts: int = 0
+    hook_failures: int = 0    # --on-elected / --on-demoted runs that failed, hung or could not start
 
 
 class ElectionState:
@@ -69,6 +70,10 @@ class ElectionState:
     def child_started(self) -> None:
         with self._lock:
             self._s.child_starts += 1
+
+    def hook_failed(self) -> None:
+        with self._lock:
+            self._s.hook_failures += 1
 
     def heartbeat(self) -> None:
         with self._lock:

@@ -1,6 +1,7 @@
 """Process primitives for the child: spawn in its own group, signal the group, decode exit statuses.
 
-Used inside the watchdog process, which is the child's parent.
+Used inside the watchdog process, which is the child's parent; and in the elector for the hooks
+(spawn_awaited), whose statuses reap_all hands out, since it is the one place that reaps.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import select
 import shutil
 import signal
 import sys
+import threading
 
 from . import clock
 from .containment import join_cgroup
@@ -26,6 +28,11 @@ EXIT_NOT_FOUND = 127
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = None
+# waitpid(-1) collects every child's status, whoever started it (CONSUL-NOTES "Processes"), so
+# reap_all is the only reaper; it keeps the statuses of processes someone awaits (the hooks),
+# and the lock makes "spawn, then register" atomic against it.
+_reaping = threading.Lock()
+_awaited: dict[int, int | None] = {}
 
 
 def _prctl(option: int, arg: int) -> bool:
@@ -62,6 +69,23 @@ def weaker_protections() -> list[str]:
 def exit_code(status: int) -> int:
     """A wait status as a shell would report it: the exit code, or 128 + N for death by signal N."""
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def catches_signal(pid: int, signo: int) -> bool:
+    """Has *pid* installed a handler for *signo*? (Linux: SigCgt in /proc; elsewhere, assume so.)
+
+    A role signal sent before the command installed its handler would kill it (the default
+    action of SIGUSR1 and SIGUSR2 is to terminate); a command that never handles it reads the
+    role file instead.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signo - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def check_command(argv: tuple[str, ...], env_path: str | None) -> None:
@@ -163,14 +187,46 @@ def _become_child(parent: int) -> None:
 def reap_all() -> list[tuple[int, int]]:
     """Collect every exited child without blocking; return their (pid, wait status) pairs."""
     reaped = []
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return reaped
-        if pid == 0:
-            return reaped
-        reaped.append((pid, status))
+    with _reaping:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return reaped
+            if pid == 0:
+                return reaped
+            if pid in _awaited:
+                _awaited[pid] = status
+            reaped.append((pid, status))
+
+
+def spawn_awaited(argv: list[str], env: dict[str, str], output_fd: int) -> int:
+    """Start *argv* in a session of its own (so its whole tree can be killed), stdin from
+    /dev/null, stdout and stderr to *output_fd*, with default signal dispositions; its exit code
+    is kept for exit_status() whichever thread reaps it. Raises OSError when it cannot start."""
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, output_fd, 1), (os.POSIX_SPAWN_DUP2, output_fd, 2)]
+    with _reaping:
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True, setsigmask=(),
+                             setsigdef=CHILD_RESET)
+        _awaited[pid] = None
+    return pid
+
+
+def exit_status(pid: int) -> int | None:
+    """The exit code (128 + N for signal N) of a spawn_awaited process once reaped, else None."""
+    with _reaping:
+        status = _awaited.get(pid)
+        if status is None:
+            return None
+        del _awaited[pid]
+    return exit_code(status)
+
+
+def forget(pid: int) -> None:
+    """Stop keeping *pid*'s status (its waiter gave up on it)."""
+    with _reaping:
+        _awaited.pop(pid, None)
 
 
 def spawn_error_exit_code(e: OSError) -> int:

@@ -12,6 +12,13 @@ it keeps working when the elector cannot:
 - the watchdog itself killed: the command has PR_SET_PDEATHSIG=SIGKILL (Linux), and the
   elector, a child subreaper too, kills the rest.
 
+In signal mode the command runs on every candidate and only its *role* is leased: the watchdog
+writes the role file and sends the elected and demoted signals, demotes the command on its own
+at deadline - grace when no renewal came, and SIGKILLs it at the end of the grace period (never
+later than the deadline) unless the command acknowledged the demotion (role_file.py). When the
+elector dies it demotes the command at once, waits for the acknowledgement (at most the grace,
+at most the deadline), releases the key, then stops the command as in exec mode, and exits 70.
+
 The messages it speaks are defined in watchdog_protocol; it releases nothing unless the
 command's containment (see containment.py) is confirmed empty.
 """
@@ -26,11 +33,13 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 
-from . import clock, containment, supervisor
+from . import clock, containment, role_file, supervisor
 from . import watchdog_protocol as proto
-from .config import KILL_WAIT, Config
+from .config import ACK_POLL, FOLLOWER_START_TIMEOUT, KILL_WAIT, Config
+from .exit_codes import SOFTWARE
 from .signals import WATCHDOG_IGNORED
 # The standard library's HTTP only: the watchdog is forked before anything heavier is imported.
 from .transport import put_once
@@ -57,6 +66,17 @@ class Run:
     killed: bool = False
 
 
+@dataclasses.dataclass
+class Term:
+    """Signal mode: one term of leadership, as the command was told it."""
+
+    token: int
+    demoted_at: float | None = None  # when the demoted signal went out
+    ack_by: float | None = None      # SIGKILL then, unless the command acknowledged
+    by_watchdog: bool = False        # demoted on the watchdog's own initiative (no renewal came)
+    acked: bool = False
+
+
 class Watchdog:
     def __init__(self, sock: socket.socket, config: Config, lease_dir: str) -> None:
         self.sock = sock
@@ -69,10 +89,16 @@ class Watchdog:
         self.prepared: supervisor.PreparedChild | None = None
         self.lease_file = os.path.join(lease_dir, "lease-deadline")
         self.cgroup: str | None = None
+        self.role_path = config.role_file_path
+        # What the role file says: (role, fencing token while leader, the term a demotion ended).
+        self.role: tuple[str, int | None, int | None] = (role_file.FOLLOWER, None, None)
+        self.leader_name: str | None = None
+        self.term: Term | None = None
+        self.exit_code = 0
 
     # -- main loop -------------------------------------------------------------------------
 
-    def serve(self) -> None:
+    def serve(self) -> int:
         for s in WATCHDOG_IGNORED:
             signal.signal(s, signal.SIG_IGN)
         wake_r, wake_w = os.pipe()
@@ -84,14 +110,18 @@ class Watchdog:
         if self.config.cgroup:
             self.cgroup = containment.make_cgroup(f"consul-elect-{os.getpid()}")
         self.prepared = self._prepare()
+        self._write_role(role_file.FOLLOWER)
         try:
             self._loop(wake_r)
         finally:
             if self.prepared is not None:
                 self.prepared.cancel()
             self._remove_lease_file()
+            if self.role_path is not None:
+                role_file.remove(self.role_path)
             supervisor.reap_all()
             containment.remove_cgroup(self.cgroup)
+        return self.exit_code
 
     def _loop(self, wake_r: int) -> None:
         buffered = b""
@@ -118,10 +148,29 @@ class Watchdog:
     def _next_timeout(self) -> float | None:
         if self.run is None:
             return None
-        moments = [t for t in (self.deadline, self.run.kill_at) if t is not None]
+        now = clock.now()
+        moments = [t for t in (self.deadline if self._leading() else None, self.run.kill_at) if t is not None]
+        term = self.term
+        if term is not None and not term.acked and self.deadline is not None:
+            if term.demoted_at is None:
+                moments.append(self.deadline - self.config.grace)
+            else:
+                moments += [term.ack_by, now + ACK_POLL]
         if self.run.reaped or self.run.kill_at is not None:
-            moments.append(clock.now() + GROUP_POLL)
-        return max(0.0, min(moments) - clock.now()) if moments else None
+            moments.append(now + GROUP_POLL)
+        return max(0.0, min(moments) - now) if moments else None
+
+    def _leading(self) -> bool:
+        """May the command be doing leader work now, so that the lease deadline binds it?
+
+        Exec mode: whenever it runs. Signal mode: from the elected signal until the command
+        acknowledged its demotion; a follower's command is not bound by any lease.
+        """
+        if self.run is None:
+            return False
+        if not self.config.signal_mode:
+            return True
+        return self.term is not None and not self.term.acked
 
     def _handle(self, msg):
         if isinstance(msg, proto.Ping):
@@ -131,8 +180,20 @@ class Watchdog:
         elif isinstance(msg, proto.SetLease):
             self.deadline, self.release_value = msg.deadline, msg.release_value
             self._write_lease_file()
+            if self.role[0] == role_file.LEADER:
+                self._write_role(*self.role)  # the new lease deadline
         elif isinstance(msg, proto.Spawn):
-            self._spawn(msg.env)
+            self._spawn(msg.env, msg.token)
+        elif isinstance(msg, proto.Start):
+            self._start_follower(msg.env)
+        elif isinstance(msg, proto.Elect):
+            self._elect(msg.token)
+        elif isinstance(msg, proto.Demote):
+            self._demote(msg.token)
+        elif isinstance(msg, proto.SetLeader):
+            self.leader_name = msg.name
+            if self.role[0] == role_file.FOLLOWER:
+                self._write_role(*self.role)
         elif isinstance(msg, proto.ForwardSignal):
             if self.run is not None:
                 containment.signal_group(self.run.pid, msg.signo)
@@ -149,32 +210,129 @@ class Watchdog:
 
     # -- the command -----------------------------------------------------------------------
 
-    def _spawn(self, extra_env: dict[str, str]) -> None:
+    def _spawn(self, extra_env: dict[str, str], token: int | None) -> None:
+        """Exec mode: start the command as leader, within the lease."""
         if self.deadline is None or clock.now() >= self.deadline:
             self._send(proto.SpawnFailed(lease_expired=True, code=None, error="lease already expired"))
             return
         self._write_lease_file()
+        self._write_role(role_file.LEADER, token)
         extra_env = {**extra_env, "CONSUL_ELECT_LEASE_FILE": self.lease_file}
+        if not self._launch(extra_env, self.deadline, "exec did not finish within the lease", lease_expired=True):
+            self._write_role(role_file.FOLLOWER)
+
+    def _start_follower(self, extra_env: dict[str, str]) -> None:
+        """Signal mode: start the command as a follower; it keeps running across terms."""
+        self._launch(extra_env, clock.now() + FOLLOWER_START_TIMEOUT,
+                     f"exec did not finish within {FOLLOWER_START_TIMEOUT:g}s", lease_expired=False)
+
+    def _launch(self, extra_env: dict[str, str], until: float, too_slow: str, lease_expired: bool) -> bool:
+        """Exec the prepared child; answer Spawned or SpawnFailed."""
         try:
             try:
                 if self.prepared is None:
                     self.prepared = self._prepare()
-                pid = self.prepared.launch(extra_env, self.deadline)
+                pid = self.prepared.launch(extra_env, until)
             except BrokenPipeError:  # the prepared process was killed meanwhile: start afresh
                 self.prepared = self._prepare()
-                pid = self.prepared.launch(extra_env, self.deadline)
+                pid = self.prepared.launch(extra_env, until)
         except TimeoutError:
             self.prepared = self._prepare()
-            self._send(proto.SpawnFailed(lease_expired=True, code=None, error="exec did not finish within the lease"))
-            return
+            code = None if lease_expired else supervisor.EXIT_NOT_EXECUTABLE
+            self._send(proto.SpawnFailed(lease_expired=lease_expired, code=code, error=too_slow))
+            return False
         except OSError as e:
             self.prepared = self._prepare()
             self._send(proto.SpawnFailed(lease_expired=False, code=supervisor.spawn_error_exit_code(e),
                                          error=f"{self.argv[0]}: {e.strerror}"))
-            return
+            return False
         self.prepared = None
         self.run = Run(pid, containment.Containment(pid, self.cgroup, (os.getpid(),)))
         self._send(proto.Spawned(pid))
+        return True
+
+    # -- signal mode: the role ---------------------------------------------------------------
+
+    def _elect(self, token: int) -> None:
+        if self.run is None:
+            return  # the command is gone; its Exited is on the way to the elector
+        self.term = Term(token)
+        role_file.clear_ack(self.role_path)
+        self._write_role(role_file.LEADER, token)
+        self._signal_role(self.config.elected_signal)
+        self._send(proto.Elected(token))
+
+    def _demote(self, token: int) -> None:
+        """The elector's order. Idempotent: the watchdog may have demoted on its own already."""
+        term = self.term
+        if self.run is None:
+            return  # its Exited is on the way
+        if term is None or term.token != token or term.acked:
+            # Over already (acknowledged), or never told: nothing to stand down from.
+            self._send(proto.Acked(token))
+        elif term.demoted_at is None:
+            self._tell_demoted(by_watchdog=False)
+
+    def _tell_demoted(self, by_watchdog: bool) -> None:
+        """Role file first, then the signal; the command has the grace period (never past the
+        lease deadline) to acknowledge before it is killed as exec mode kills it."""
+        term, now = self.term, clock.now()
+        term.demoted_at, term.by_watchdog = now, by_watchdog
+        term.ack_by = now + self.config.grace
+        if self.deadline is not None:
+            term.ack_by = min(term.ack_by, self.deadline)
+        self._write_role(role_file.FOLLOWER, demoted_from=term.token)
+        self._signal_role(self.config.demoted_signal)
+        self._send(proto.Demoted(term.token, by_watchdog))
+
+    def _signal_role(self, signo: int) -> None:
+        """Signal the command's group, unless its main process has no handler for *signo* yet:
+        the default action would kill it, and the role file tells it the role in any case."""
+        if supervisor.catches_signal(self.run.pid, signo):
+            containment.signal_group(self.run.pid, signo)
+        else:
+            log.info("the command does not handle %s (yet): not sent; the role file says %s",
+                     signal.Signals(signo).name, self.role[0])
+
+    def _check_term(self, now: float) -> bool:
+        """Signal mode's timers; True when the run was ended here."""
+        term = self.term
+        if self.run is None or term is None or term.acked:
+            return False
+        if term.demoted_at is None:
+            if self.deadline is not None and now >= self.deadline - self.config.grace:
+                # No renewal reached us in time (the elector is frozen or cut off): demote
+                # without it, exactly when exec mode's graceful stop would begin.
+                log.warning("no renewal of the lease reached the watchdog by deadline - grace: demoting the command")
+                self._tell_demoted(by_watchdog=True)
+            return False
+        if role_file.acknowledged(self.role_path, term.token):
+            term.acked = True
+            self._send(proto.Acked(term.token))
+            if term.by_watchdog:
+                log.warning("the command stood down from term %d: releasing the key", term.token)
+                self._release_key()  # the elector did not act: hand the key on now
+            return False
+        if now >= term.ack_by:
+            self.run.reason = proto.REASON_NOT_ACKNOWLEDGED
+            past_deadline = self.deadline is not None and now >= self.deadline
+            if self._kill_and_finish() and (term.by_watchdog or past_deadline):
+                self._release_key()
+            return True
+        return False
+
+    def _write_role(self, role: str, token: int | None = None, demoted_from: int | None = None) -> None:
+        self.role = (role, token, demoted_from)
+        if self.role_path is None:
+            return
+        leader = self.config.name if role == role_file.LEADER else self.leader_name
+        role_file.write(self.role_path, role_file.document(role, leader, token, self.deadline, demoted_from,
+                                                           self.role_path))
+
+    def _role_ended(self) -> None:
+        """The command no longer leads (stopped, killed, exited): say so before it is signalled."""
+        if self.role[0] == role_file.LEADER:
+            self._write_role(role_file.FOLLOWER, demoted_from=self.role[1])
 
     def _begin_stop(self, grace: float) -> None:
         run = self.run
@@ -183,8 +341,9 @@ class Watchdog:
             return
         run.reason = run.reason or proto.REASON_STOPPED
         kill_at = clock.now() + grace
-        if self.deadline is not None:
+        if self._leading() and self.deadline is not None:
             kill_at = min(kill_at, self.deadline)
+        self._role_ended()
         if run.kill_at is None:
             containment.signal_group(run.pid, signal.SIGTERM)
             # A stopped (SIGTSTP) command cannot act on SIGTERM until it is continued.
@@ -203,7 +362,9 @@ class Watchdog:
         if run is None:
             return
         now = clock.now()
-        if self.deadline is not None and now >= self.deadline and not run.killed:
+        if self._check_term(now):
+            return
+        if self._leading() and self.deadline is not None and now >= self.deadline and not run.killed:
             # The elector did not renew in time (frozen, cut off, slow): the lease promise is
             # kept here, without it; never hand the key on while the command might still run.
             run.reason = proto.REASON_LEASE_EXPIRED
@@ -222,6 +383,7 @@ class Watchdog:
     def _kill_and_finish(self, kill: bool = True) -> bool:
         """SIGKILL what is left of the run (repeatedly), confirm it gone, and report; True if confirmed."""
         run = self.run
+        self._role_ended()
         self._reap()
         killed_main = kill and not run.reaped
         run.killed = run.killed or killed_main
@@ -232,6 +394,7 @@ class Watchdog:
         self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors,
                                 swept=kill and not killed_main))
         self.run = None
+        self.term = None
         self._remove_lease_file()
         # The next prepared child joins the cgroup: only once nothing of this run is left in it,
         # or the next sweep would take it too (it is made on the next spawn otherwise).
@@ -271,13 +434,42 @@ class Watchdog:
                      params={"release": self.session}, body=self.release_value.encode())
 
     def _elector_gone(self) -> None:
-        confirmed = True
+        confirmed, released = True, False
+        if self.run is not None and self.config.signal_mode:
+            # The unit is dead and its supervisor will restart it: end the term properly (the
+            # leader work stops, then the key goes), then stop the command as exec mode does.
+            self.exit_code = SOFTWARE  # the unit failed: its supervisor must see it
+            if self._leading():
+                acked = self._stand_down_alone()
+                log.error("the elector died: the command was demoted (%s)",
+                          "it acknowledged" if acked else "no acknowledgement: killed")
+                if acked and self.session is not None:
+                    self._release_key()
+                    released = True
+            else:
+                log.error("the elector died: stopping the command")
         if self.run is not None:
             self.run.reason = proto.REASON_STOPPED
             confirmed = self._kill_and_finish()
         if confirmed and self.session is not None:
-            self._release_key()
+            if not released:
+                self._release_key()
             put_once(self.config.connection, f"/v1/session/destroy/{self.session}", CLEANUP_TIMEOUT, params={})
+
+    def _stand_down_alone(self) -> bool:
+        """Demote now (unless done), and wait for the acknowledgement until the term's ack_by."""
+        term = self.term
+        if term.demoted_at is None:
+            self._tell_demoted(by_watchdog=True)
+        while clock.now() < term.ack_by:
+            self._reap()
+            if role_file.acknowledged(self.role_path, term.token):
+                term.acked = True
+                return True
+            if self.run.reaped:
+                return False
+            time.sleep(ACK_POLL)
+        return False
 
     def _send(self, message) -> None:
         try:
@@ -315,7 +507,7 @@ class WatchdogLink:
             code = 0
             try:
                 ours.close()
-                Watchdog(theirs, config, lease_dir).serve()
+                code = Watchdog(theirs, config, lease_dir).serve()
             except BaseException:
                 log.exception("watchdog failed")
                 code = 70

@@ -1,10 +1,16 @@
 """The messages between the elector and its watchdog, defined once for both ends.
 
 Newline-delimited JSON over a stream socketpair: `{"type": "<class name>", ...fields}`.
-Every order that changes what runs gets an answer: `Spawn` -> `Spawned` or `SpawnFailed`;
-`Stop` and `Quit` -> `Exited` (also when nothing was running); `Ping` -> `Pong`. The elector
-releases the key only on an `Exited` whose `confirmed` is true: the command's process group,
-its cgroup (where there is one) and every orphan the watchdog adopted are gone.
+Every order that changes what runs gets an answer: `Spawn` and `Start` -> `Spawned` or
+`SpawnFailed`; `Stop` and `Quit` -> `Exited` (also when nothing was running); `Ping` -> `Pong`.
+The elector releases the key only on an `Exited` whose `confirmed` is true: the command's process
+group, its cgroup (where there is one) and every orphan the watchdog adopted are gone.
+
+Signal mode (the command runs on every candidate): `Elect` -> `Elected` once the role file says
+leader and the elected signal was sent; `Demote` -> `Demoted` once it says follower and the
+demoted signal was sent (the watchdog also demotes on its own at deadline - grace, and says so
+with `Demoted`), then `Acked` when the command acknowledges that term, or `Exited` (reason
+`not-acknowledged`) when it did not within the grace period (or by the lease deadline).
 """
 
 from __future__ import annotations
@@ -34,7 +40,35 @@ class SetLease:
 
 @dataclasses.dataclass(frozen=True)
 class Spawn:
+    """Exec mode: start the command as leader of term *token* (it needs a lease)."""
     env: dict
+    token: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Signal mode: start the command as a follower; it needs no lease, and runs across terms."""
+    env: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Elect:
+    """Signal mode: write the role file (leader of term *token*), then send the elected signal."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Demote:
+    """Signal mode: write the role file (follower), send the demoted signal, and wait for the
+    command's acknowledgement of *token*; SIGKILL it if none came within the grace period (or by
+    the lease deadline, if sooner)."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SetLeader:
+    """Who leads, for the role file's `leader` field (None: nobody, or unknown)."""
+    name: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +98,7 @@ REASON_EXITED = "exited"            # the command ended on its own
 REASON_STOPPED = "stopped"          # the elector asked (Stop or Quit)
 REASON_LEASE_EXPIRED = "lease-expired"  # the watchdog killed it at the lease deadline
 REASON_NOTHING = "nothing-running"  # answer to Stop/Quit when no command ran
+REASON_NOT_ACKNOWLEDGED = "not-acknowledged"  # signal mode: killed for not standing down in time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +135,28 @@ class Pong:
     seq: int
 
 
-_TYPES = {cls.__name__: cls for cls in (SetSession, SetLease, Spawn, ForwardSignal, Stop, Quit, Ping,
-                                         Spawned, SpawnFailed, Exited, Pong)}
+@dataclasses.dataclass(frozen=True)
+class Elected:
+    """The command was told it leads term *token* (role file written, then the signal sent)."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Demoted:
+    """The command was told to stand down from term *token*; *by_watchdog*: on the watchdog's own
+    initiative, because the lease deadline came within the grace period without a renewal."""
+    token: int
+    by_watchdog: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Acked:
+    """The command acknowledged that it stopped the leader work of term *token*."""
+    token: int
+
+
+_TYPES = {cls.__name__: cls for cls in (SetSession, SetLease, Spawn, Start, Elect, Demote, SetLeader, ForwardSignal,
+                                         Stop, Quit, Ping, Spawned, SpawnFailed, Exited, Pong, Elected, Demoted, Acked)}
 
 
 def encode(message) -> bytes:
