@@ -28,12 +28,12 @@ test-docker: $(VENV)/.installed
 
 # Randomized fault rounds against a real 3-server cluster, judged by a history checker
 # (tests/chaos). SEED=S replays a run; CONSUL_ELECT_SRC=DIR tests another copy of the package.
-ROUNDS ?= 200
+# ROUNDS is shared with `make demo` (N failovers there), so no default is set here.
 chaos: $(VENV)/.installed
-	CONSUL_BIN="$$(scripts/fetch-consul.sh)" PYTHONPATH=tests $(PY) -m chaos --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED))
+	CONSUL_BIN="$$(scripts/fetch-consul.sh)" PYTHONPATH=tests $(PY) -m chaos --rounds $(or $(ROUNDS),200) $(if $(SEED),--seed $(SEED))
 
 demo: $(VENV)/.installed
-	CONSUL_BIN="$$(scripts/fetch-consul.sh)" $(PY) scripts/demo.py
+	CONSUL_BIN="$$(scripts/fetch-consul.sh)" $(if $(ROUNDS),ROUNDS=$(ROUNDS)) $(PY) scripts/demo.py
 
 # Benchmarks against `consul lock` on the same agent (bench/README.md); matplotlib (the `bench`
 # extra) draws bench/results/latest.png from bench/run.py's figures.

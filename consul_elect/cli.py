@@ -326,4 +326,12 @@ def main(argv: list[str] | None = None) -> None:
         logs.final_error(str(e), code)
     except KeyboardInterrupt:
         code = exit_codes.INTERRUPTED
+    except Exception as e:  # a bug: one line for the user, the traceback for a bug report with -v
+        import logging
+        import traceback
+
+        if logging.getLogger("consul_elect").isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        code = exit_codes.SOFTWARE
+        logs.final_error(f"internal error (a bug; run with -v for the traceback): {type(e).__name__}: {e}", code)
     sys.exit(code if isinstance(code, int) else exit_codes.OK)

@@ -71,17 +71,15 @@ RETRY_JITTER = 0.2
 # CONSUL_HTTP_ADDR is reported rather than retried forever.
 STARTUP_PATIENCE = 15.0
 # A key freed without lock-delay (an operator's delete or release) while its holder's session
-# lives: check that session this often until it ends, and give up waiting once the holder's
-# lease window plus this margin has passed since we saw the key freed (its command is dead by
-# then, if its watchdog runs; the margin covers the old elector seeing the loss late).
+# lives: check that session this often until it ends (no other bound: see leadership.HolderWait).
 HOLDER_POLL = 0.1
-HOLDER_MARGIN = 1.0
 # After SIGKILL, how long to wait for the kernel to let the command's processes die before
 # reporting them as survivors.
 KILL_WAIT = 2.0
 # A command whose processes survive SIGKILL (EPERM: a setuid helper) keeps the key held by our
 # session, renewed, until they are gone; we try again this often.
 CONTAIN_RETRY = 1.0
+CONTAIN_RETRY_WAIT = 0.1
 # The elector pings the watchdog this often and declares it unresponsive (frozen, wedged) when
 # no answer came for WATCHDOG_ANSWER_TIMEOUT; it then kills the command's group itself.
 WATCHDOG_PING_INTERVAL = 1.0
@@ -303,6 +301,18 @@ class Config:
     def follower_renew_interval(self) -> float:
         """A waiting candidate only needs its session to outlive the TTL."""
         return max(self.ttl / 3, self.renew_interval)
+
+    @property
+    def ttl_window(self) -> float:
+        """How long after a session's last proof of life Consul may expire it (TTL alone, in case
+        the servers lost the lock-delay), with the same clock-rate error and slack as B."""
+        return self.ttl * (1 - CLOCK_RATE_ERROR) - SCHEDULING_SLACK
+
+    @property
+    def watchdog_answer_timeout(self) -> float:
+        """The watchdog may legitimately be busy until a lease deadline (a slow exec is bounded by
+        it), so silence shorter than that plus a second is no sign of a frozen watchdog."""
+        return max(WATCHDOG_ANSWER_TIMEOUT, self.lease_window + 1.0)
 
 
 def default_role_file(key: str) -> str:

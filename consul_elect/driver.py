@@ -68,12 +68,12 @@ class Driver:
         self.leader_since: str | None = None
         self.child_pid: int | None = None
         self.core: leadership.Core | None = None
-        # Watchdog liveness: the oldest ping not yet answered, and when the loop last turned
-        # (a gap means we were frozen ourselves, and the watchdog's silence proves nothing).
+        # Watchdog liveness: the ping not yet answered, and how long the loop has *waited for
+        # events* since it was sent. Only waiting counts: an answer is read at once then, while
+        # time spent frozen ourselves or performing a long action proves nothing against it.
         self.ping_seq = 0
-        self.unanswered_since: float | None = None
+        self.unanswered_waited: float | None = None
         self.next_ping_at = 0.0
-        self.last_turn = clock.now()
         self.watchdog_reported = False
         self.hooks = Hooks(config.hook_timeout, self.state.hook_failed)
 
@@ -100,6 +100,8 @@ class Driver:
         return outcome.status
 
     def _start_services(self) -> None:
+        # First: if anything below fails, the way out must hear the watchdog's answers at once.
+        self.watchdog.listen(self._on_watchdog_message, lambda: self.events.put(WatchdogLost()))
         role_path = self.config.role_file_path
         if role_path is not None and not os.access(os.path.dirname(role_path), os.W_OK | os.X_OK):
             raise UsageError(f"cannot write the role file {role_path}: its directory is missing or not writable "
@@ -111,7 +113,6 @@ class Driver:
             self.status_server = StatusServer(self.state, self.config.status_bind, self.config.status_port).start()
             self.identity = Identity.of_this_process(self.config.name, self.config.lease_window,
                                                      self.config.lock_delay, self._public_status_address())
-        self.watchdog.listen(self._on_watchdog_message, lambda: self.events.put(WatchdogLost()))
         self._install_signal_handlers()
         self.watcher = KeyWatcher(self.config, self.events.put)
         self.watcher.start()
@@ -196,15 +197,18 @@ class Driver:
             waits = [defaults.LOOP_WAKE, self.next_ping_at - now]
             if until is not None:
                 waits.append(until - now)
+            timeout = max(0.0, min(waits))
             try:
-                event = self.events.get(timeout=max(0.0, min(waits)))
+                event = self.events.get(timeout=timeout)
             except queue.Empty:
+                self._waited(min(clock.now() - now, timeout))
                 if until is not None and clock.now() >= until:
                     return Tick()
                 continue
+            self._waited(min(clock.now() - now, timeout))
             if isinstance(event, _Pong):
                 if event.seq == self.ping_seq:
-                    self.unanswered_since = None
+                    self.unanswered_waited = None
                 continue
             if isinstance(event, _Reap):
                 supervisor.reap_all()
@@ -213,25 +217,26 @@ class Driver:
                 self.state.renewed(event.latency)
             if isinstance(event, Spawned):
                 self.child_pid = event.pid
+            elif isinstance(event, ChildExited) and event.confirmed and event.pid == self.child_pid:
+                self.child_pid = None  # its group id may be reused from now on
             return event
+
+    def _waited(self, seconds: float) -> None:
+        if self.unanswered_waited is not None:
+            self.unanswered_waited += seconds
 
     def _check_watchdog(self, now: float) -> None:
         """Ping the watchdog; post WatchdogUnresponsive when a ping stays unanswered too long."""
-        if now - self.last_turn > 2 * defaults.LOOP_WAKE:
-            # We were frozen or starved ourselves: the watchdog's answers may still be queued.
-            self.unanswered_since = None
-            self.next_ping_at = now
-        self.last_turn = now
-        if self.unanswered_since is not None and now - self.unanswered_since > defaults.WATCHDOG_ANSWER_TIMEOUT:
+        if self.unanswered_waited is not None and self.unanswered_waited > self.config.watchdog_answer_timeout:
             if not self.watchdog_reported:
                 self.watchdog_reported = True
                 self.events.put(WatchdogUnresponsive())
             return
         if now >= self.next_ping_at:
             self.next_ping_at = now + defaults.WATCHDOG_PING_INTERVAL
-            if self.unanswered_since is None:
+            if self.unanswered_waited is None:
                 self.ping_seq += 1
-                self.unanswered_since = now
+                self.unanswered_waited = 0.0
                 self.watchdog.send(proto.Ping(self.ping_seq))
 
     def _on_watchdog_message(self, message) -> None:
@@ -251,6 +256,8 @@ class Driver:
             self.events.put(Demoted(message.token, message.by_watchdog))
         elif isinstance(message, proto.Acked):
             self.events.put(Acked(message.token))
+        elif isinstance(message, proto.CommandStopped):
+            self.events.put(leadership.CommandStopped(message.pid, message.signo))
 
     def _install_signal_handlers(self) -> None:
         def post(signo, _frame):
@@ -304,7 +311,7 @@ class Driver:
             if self.keeper is not None:
                 self.keeper.reschedule(action.seconds, action.renew_now)
         elif isinstance(action, KillGroup):
-            confirmed, survivors = self._containment().kill_and_wait(defaults.KILL_WAIT, reap=supervisor.reap_all)
+            confirmed, survivors = self._containment().kill_and_wait(action.wait, reap=supervisor.reap_all)
             return GroupKilled(confirmed, survivors)
         elif isinstance(action, KillWatchdog):
             _kill(self.watchdog.pid)
@@ -322,11 +329,12 @@ class Driver:
                 _, kv = self.client.read_key(c.key, consistent=False)
                 return KeyRead(kv)
             if isinstance(action, OpenSession):
+                sent_at = clock.now()
                 session = self.client.create_session(session_name(c.key, c.name), c.ttl, c.lock_delay)
                 self.watchdog.send(proto.SetSession(session))
                 self.keeper = SessionKeeper(c, session, self.events.put, c.follower_renew_interval)
                 self.keeper.start()
-                return SessionOpened(session)
+                return SessionOpened(session, sent_at)
             if isinstance(action, Acquire):
                 since = utc_now_iso()
                 value = self.identity.to_value(action.session, since=since)

@@ -90,6 +90,7 @@ class WatchFailed:
 @dataclasses.dataclass(frozen=True)
 class SessionOpened:
     session: str
+    sent_at: float   # when the create was sent: the session's first proof of life
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +201,13 @@ class WatchdogUnresponsive:
 
 
 @dataclasses.dataclass(frozen=True)
+class CommandStopped:
+    """The command's main process was stopped (by the terminal, or Ctrl-Z) and does no work."""
+    pid: int
+    signo: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ThreadFailed:
     """A worker thread hit an unexpected error and is gone; the process must fail visibly."""
     thread: str
@@ -286,7 +294,9 @@ class StopChild:
 
 @dataclasses.dataclass(frozen=True)
 class KillGroup:
-    """The elector kills the command's containment itself (answer: GroupKilled)."""
+    """The elector kills the command's containment itself (answer: GroupKilled), waiting at most
+    *wait* seconds for it to go. Retries for survivors wait briefly: the loop must keep turning."""
+    wait: float = defaults.KILL_WAIT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,9 +348,14 @@ class Checking:
 
 @dataclasses.dataclass(frozen=True)
 class HolderWait:
-    """A key freed without lock-delay while *session* (its holder) may still run its command."""
+    """A key freed without lock-delay while *session* (its holder) may still run its command.
+
+    Waited on until that session ends, with no other bound: the old leader destroys it once its
+    command is confirmed gone, its watchdog does if the elector died, and Consul expires it
+    (2 x TTL) if both are gone. A lease-window bound would assume the old leader notices the
+    loss in time, and one whose key watch stalls (while its renewals pass) does not."""
     session: str
-    until: float
+    said: bool = False   # the wait was logged (once: only when the session is seen alive)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,9 +386,6 @@ class Leading:
     token: int
     deadline: float
     pid: int
-    # False after the key watch failed: renewals prove the session, not that the key is still
-    # ours, so they extend the lease only while the watch answers.
-    watch_ok: bool = True
 
 
 class Then(enum.Enum):
@@ -393,6 +405,8 @@ class Stopping:
     # The outcome once stopped: the exit status (None: take the command's), or an error.
     status: int | None = None
     error: ElectError | None = None
+    # Set once the watchdog reported the command's run over: later reports are about nothing.
+    reported: bool = False
     # Set once the command's run was reported over but something of it survived.
     survivors: tuple | None = None
     next_kill_at: float | None = None
@@ -441,6 +455,12 @@ class Memory:
     key: KeyState | None = None
     consul: Reach = Reach.NEVER
     consul_error: ConsulError | None = None   # the last failure, while Consul is failing
+    # False after the key watch failed, until it answers again: renewals prove the session,
+    # not that the key is still ours, so they extend a lease only while the watch answers.
+    watch_ok: bool = True
+    # Send time of the latest request that proved our session alive (its create, or a renewal):
+    # Consul's TTL timer runs from there, whatever an acquire proves about the key.
+    session_proof: float | None = None
     holder: Holder | None = None
     # Our own earlier sessions: a key still held by one of them leads nobody (we could not
     # release it while Consul was down); it only blocks the key until Consul expires it.
@@ -495,6 +515,7 @@ def step(core: Core, event, now: float, rand: float = 0.5) -> tuple[Core, Action
     """Decide what *event* means in the current phase; return the next core and what to do."""
     if isinstance(core.phase, Leaving):
         return core, []
+    core = _remember(core, event)
     common = _common(core, event, now)
     if common is not None:
         return common
@@ -505,13 +526,34 @@ def step(core: Core, event, now: float, rand: float = 0.5) -> tuple[Core, Action
 # -- events every phase treats alike ---------------------------------------------------------
 
 
+def _remember(core: Core, event) -> Core:
+    """What every event teaches about the session and the watch, whatever the phase."""
+    m = core.memory
+    if isinstance(event, WatchFailed) and m.watch_ok:
+        return _with_memory(core, watch_ok=False)
+    if isinstance(event, KeyChanged) and not m.watch_ok:
+        return _with_memory(core, watch_ok=True)
+    if isinstance(event, Renewed) and event.session == m.session:
+        return _with_memory(core, session_proof=max(m.session_proof or event.sent_at, event.sent_at))
+    if isinstance(event, SessionOpened):
+        return _with_memory(core, session_proof=event.sent_at)
+    return core
+
+
+
 def _common(core: Core, event, now: float):
     m = core.memory
     if isinstance(event, (RenewFailed, WatchFailed)):
         core, actions = _consul_down(core, event.error)
-        if isinstance(event, WatchFailed) and isinstance(core.phase, Leading):
-            core = dataclasses.replace(core, phase=dataclasses.replace(core.phase, watch_ok=False))
         return core, actions + _published_state(core)
+    if isinstance(event, CommandStopped):
+        name = signal_name(event.signo)
+        why = {"SIGTTIN": "it read from the terminal", "SIGTTOU": "it wrote to a terminal that forbids it",
+               "SIGTSTP": "Ctrl-Z, or a SIGTSTP"}.get(name, f"it was sent {name}")
+        return core, [Log(logging.WARNING, f"the command (pid {event.pid}) is stopped by {name} ({why}) and does no "
+                                           "work while the lock is held: it runs in its own process group, not the "
+                                           "terminal's foreground; run it with stdin from /dev/null, or continue "
+                                           "it with SIGCONT (kill -CONT), or stop consul-elect with Ctrl-C")]
     if isinstance(event, ThreadFailed):
         error = InternalError(f"the {event.thread} thread failed: {event.error}")
         return _abort(core, now, error, f"internal error in the {event.thread} thread: {event.error}")
@@ -526,7 +568,9 @@ def _consul_down(core: Core, error: ConsulError) -> tuple[Core, Actions]:
     """A request failed: say so once per outage, and count it."""
     actions: Actions = [Publish({"consul_failed": str(error)})]
     if not core.memory.consul.failing:
-        actions.insert(0, Log(logging.WARNING, f"Consul unreachable: {error}"))
+        patience = "" if core.memory.consul.answered or core.config.timeout is not None else \
+            f"; retrying for up to {defaults.STARTUP_PATIENCE:g}s"
+        actions.insert(0, Log(logging.WARNING, f"Consul unreachable: {error}{patience}"))
     reach = Reach.DOWN if core.memory.consul.answered else Reach.NEVER_FAILING
     return _with_memory(core, consul=reach, consul_error=error), actions
 
@@ -536,9 +580,12 @@ def _consul_up(core: Core) -> tuple[Core, Actions]:
     if core.memory.consul is Reach.UP:
         return core, []
     actions: Actions = [Publish({"consul_ok": True})]
-    if core.memory.consul.failing:
+    if core.memory.consul is Reach.DOWN:
         actions.insert(0, Log(logging.INFO, "Consul is reachable again"))
-    return _with_memory(core, consul=Reach.UP, consul_error=None), actions
+    elif core.memory.consul is Reach.NEVER_FAILING:
+        actions.insert(0, Log(logging.INFO, "Consul answered"))
+    core = _with_memory(core, consul=Reach.UP, consul_error=None)
+    return core, actions + _published_state(core)
 
 
 def _published_state(core: Core) -> Actions:
@@ -714,11 +761,6 @@ def _campaigning(core: Core, p: Campaigning, event, now: float, rand: float):
         if m.session is None:
             return _set(core, p, next_at=None), [OpenSession()]
         if p.holder_wait is not None:
-            if now >= p.holder_wait.until:
-                return _set(core, p, holder_wait=None, next_at=None), [
-                    Log(logging.WARNING, f"session {p.holder_wait.session} of the previous leader still exists, but "
-                                         "its lease window has passed since the key was freed: campaigning"),
-                    Acquire(m.session)]
             return _set(core, p, next_at=None), [CheckHolder(p.holder_wait.session)]
         return _set(core, p, next_at=None), [Acquire(m.session)]
     if isinstance(event, SessionOpened):
@@ -750,7 +792,12 @@ def _campaigning(core: Core, p: Campaigning, event, now: float, rand: float):
         core, actions = _consul_up(core)
         if not event.alive:
             return _set(core, core.phase, holder_wait=None, next_at=now), actions
-        return _set(core, core.phase, next_at=now + defaults.HOLDER_POLL), actions
+        if not p.holder_wait.said:
+            actions.append(Log(logging.WARNING, f"{core.config.key} was freed without Consul's lock-delay while "
+                                                f"session {event.session} held it, and that session still lives "
+                                                "(its command may still be finishing): waiting for it to end"))
+        return _set(core, core.phase, next_at=now + defaults.HOLDER_POLL,
+                    holder_wait=dataclasses.replace(p.holder_wait, said=True)), actions
     if isinstance(event, RequestFailed):
         error = event.error
         if isinstance(error, SessionGone) and m.session is not None:
@@ -805,42 +852,39 @@ def _see_key(core: Core, kv: KeyState | None, now: float) -> tuple[Core, Actions
     actions = [Publish({"leader": None}), *_published_state(core)]
     if previous is not None:
         actions += _tell_leader(core, None)
-    wait = _unclean_release(core, kv, previous, now)
+    wait = _unclean_release(core, kv, previous, p.holder_wait)
     lock_delay = (previous.lock_delay if previous and previous.lock_delay is not None else defaults.MAX_LOCK_DELAY)
     quick_until = now + lock_delay + defaults.LOCK_DELAY_MARGIN if previous is not None else p.quick_retry_until
     core = _set(core, p, holder_wait=wait, quick_retry_until=quick_until,
                 next_at=now if (m.session is not None or p.next_at is None) else p.next_at)
-    if wait is not None:
-        actions.append(Log(logging.WARNING, f"{core.config.key} was freed without Consul's lock-delay while session "
-                                            f"{wait.session} held it: waiting for that session to end"))
     return core, actions
 
 
-def _unclean_release(core: Core, kv: KeyState | None, previous: Holder | None, now: float) -> HolderWait | None:
+def _unclean_release(core: Core, kv: KeyState | None, previous: Holder | None,
+                     waiting: HolderWait | None) -> HolderWait | None:
     """The key is free: was it freed by consul-elect after its command died, or some other way?
 
-    Deleted, or released without the `released` mark: the previous holder's command may still
-    run, and no lock-delay protects us. Wait until its session is gone, or its lease window
-    (plus a margin) has passed.
+    Released with the `released` mark: the holder's command is confirmed gone. Freed any other
+    way (deleted, released by hand, or its session invalidated, which keeps the holder's
+    identity in the value), the holder's command may still run and no lock-delay may protect
+    us: wait until the holder's session is gone (a lock-delay, where one applies, then refuses
+    the acquire on its own). An identity names its session, whether or not we saw it hold the
+    key (we may have started, or our watch may have folded changes, after the fact); without one
+    (deleted, or an empty value written by a bare `?release=`), only a holder we saw can be
+    named. A wait already running is kept while the key stays free (a later answer about the
+    same free key is no news), unless the value says that session released it cleanly.
     """
     holder = parse_identity(kv.value) if kv is not None else None
-    if holder is not None and holder.get("released"):
+    named = holder.get("session") if holder is not None and isinstance(holder.get("session"), str) else None
+    released = holder is not None and bool(holder.get("released"))
+    if waiting is not None and not (released and named == waiting.session):
+        return waiting
+    if released:
         return None
-    if holder is not None and isinstance(holder.get("session"), str):
-        session, window = holder["session"], _number(holder.get("lease_window"))
-    elif previous is not None:
-        # Deleted, or released with another value written (an empty one, by `?release=`).
-        session, window = previous.session, previous.lease_window
-    else:
+    session = named or (previous.session if previous is not None else None)
+    if session is None or session == core.memory.session or session in core.memory.ended_sessions:
         return None
-    if session == core.memory.session or session in core.memory.ended_sessions:
-        return None
-    if previous is None or previous.session != session:
-        # We never saw this session hold the key: it was freed before we started watching,
-        # and its lease window is long over or unknown to us; the key's state is history.
-        return None
-    window = window if window is not None else core.config.lease_window
-    return HolderWait(session, now + window + defaults.HOLDER_MARGIN)
+    return HolderWait(session)
 
 
 def _number(value) -> float | None:
@@ -849,7 +893,11 @@ def _number(value) -> float | None:
 
 def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple[Core, Actions]:
     c, m = core.config, core.memory
+    # The acquire proves the key ours as of its send time, but Consul's TTL timer runs from the
+    # session's last renewal (or its creation): if renewals were failing before, that is sooner.
     deadline = event.sent_at + c.lease_window
+    if m.session_proof is not None:
+        deadline = min(deadline, m.session_proof + c.ttl_window)
     # The spawn (signal mode: the elected signal) goes first: nothing else stands between the
     # acquire and the command's start.
     if c.signal_mode:
@@ -918,7 +966,7 @@ def _leading(core: Core, p: Leading, event, now: float, rand: float):
     if isinstance(event, Signal) and event.signo not in SHUTDOWN_SIGNALS:
         return core, [Forward(event.signo)]
     if isinstance(event, KeyChanged) and _loss(core, event, p.token) is None and event.index >= p.token:
-        return _set(_with_memory(core, key=event.key), p, watch_ok=True), []
+        return _with_memory(core, key=event.key), []
     if isinstance(event, Elected) and event.token == p.token:
         return _with_memory(core, hook_term=p.token), _hook(core, defaults.HOOK_ON_ELECTED, p.token)
     if isinstance(event, Demoted) and event.token == p.token:
@@ -936,12 +984,14 @@ def _holding(core: Core, p: Spawning | Leading, event, now: float):
     c = core.config
     if isinstance(event, Tick):
         if now >= p.deadline - c.grace:
-            return _step_down(core, now, f"lease running out: no proof of life for "
-                                         f"{c.lease_window - c.grace:.2f}s", Then.CAMPAIGN, key_held=True)
+            # Measured from the last proof, not the threshold: after a freeze the gap is longer.
+            silent = now - (p.deadline - c.lease_window)
+            return _step_down(core, now, f"lease running out: Consul has not confirmed our session for "
+                                         f"{silent:.2f}s", Then.CAMPAIGN, key_held=True)
         return core, []
     if isinstance(event, Renewed):
         core, actions = _consul_up(core)
-        if isinstance(p, Leading) and not p.watch_ok:
+        if not core.memory.watch_ok:
             return core, actions
         deadline = max(p.deadline, event.sent_at + c.lease_window)
         return _set(core, p, deadline=deadline), actions + [
@@ -1067,7 +1117,9 @@ def _stopping(core: Core, p: Stopping, event, now: float, rand: float):
         return _set(core, p, pid=event.pid), [Publish({"child_started": True})]
     if isinstance(event, SpawnFailed):
         return _child_over(core, ChildExited(None, event.code, "spawn-failed", False, True), now)
-    if isinstance(event, ChildExited) and (p.pid is None or event.pid in (p.pid, None)):
+    if isinstance(event, ChildExited) and not p.reported and (p.pid is None or event.pid == p.pid):
+        # Only the report of this run counts: once it was reported (survivors included), a later
+        # "nothing running" answer to another order confirms nothing.
         return _child_over(core, event, now)
     if isinstance(event, GroupKilled):
         if event.confirmed:
@@ -1078,14 +1130,14 @@ def _stopping(core: Core, p: Stopping, event, now: float, rand: float):
                     next_kill_at=now + defaults.CONTAIN_RETRY), _survivors_log(p, event.survivors)
     if isinstance(event, Tick):
         if p.next_kill_at is not None and now >= p.next_kill_at:
-            return _set(core, p, next_kill_at=None), [KillGroup()]
+            return _set(core, p, next_kill_at=None), [KillGroup(defaults.CONTAIN_RETRY_WAIT)]
         if not p.backup_killed and p.survivors is None and now >= p.deadline:
             # The watchdog kills at the deadline; if it is frozen, we must. Twice is harmless.
             return _set(core, p, backup_killed=True), [KillGroup()]
         return core, []
     if isinstance(event, Renewed):
         core, actions = _consul_up(core)
-        if not p.key_held:
+        if not p.key_held or not core.memory.watch_ok:
             return core, actions
         deadline = max(p.deadline, event.sent_at + c.lease_window)
         return _set(core, p, deadline=deadline), actions + [SendLease(core.memory.session, deadline)]
@@ -1097,14 +1149,18 @@ def _stopping(core: Core, p: Stopping, event, now: float, rand: float):
     if isinstance(event, SessionEnded):
         return _set(core, p, key_held=False), []
     if isinstance(event, Signal):
-        if event.signo in SHUTDOWN_SIGNALS:
-            if p.watchdog_dead or p.survivors is not None:
-                return _set(core, p, then=Then.EXIT, forced_by=event.signo), [KillGroup()]
-            return _set(core, p, then=Then.EXIT, forced_by=event.signo,
-                        shutdown_signo=p.shutdown_signo or event.signo), [
-                Log(logging.WARNING, f"second signal ({signal_name(event.signo)}): killing the command now"),
-                StopChild(0.0)]
-        return core, [Forward(event.signo)]
+        if event.signo not in SHUTDOWN_SIGNALS:
+            return core, [Forward(event.signo)]
+        name = signal_name(event.signo)
+        if p.shutdown_signo is None:
+            # The first shutdown signal during a stop we began ourselves (a lost key): leave
+            # once it is done, without cutting the command's grace short.
+            return _set(core, p, then=Then.EXIT, shutdown_signo=event.signo), [
+                Log(logging.INFO, f"received {name}: leaving once the command has stopped")]
+        if p.watchdog_dead or p.survivors is not None:
+            return _set(core, p, then=Then.EXIT, forced_by=event.signo), [KillGroup(defaults.CONTAIN_RETRY_WAIT)]
+        return _set(core, p, then=Then.EXIT, forced_by=event.signo), [
+            Log(logging.WARNING, f"second signal ({name}): killing the command now"), StopChild(0.0)]
     if isinstance(event, (WatchdogLost, WatchdogUnresponsive)):
         if p.watchdog_dead:
             return core, []
@@ -1141,7 +1197,7 @@ def _child_over(core: Core, event: ChildExited, now: float) -> tuple[Core, Actio
         status = event.status
     if status is None and p.shutdown_signo is not None:
         status = 128 + p.shutdown_signo
-    p = dataclasses.replace(p, status=status, pid=None)
+    p = dataclasses.replace(p, status=status, pid=None, reported=True)
     core = _with_memory(_set_phase(core, p), command_pid=None)
     if not event.confirmed:
         core = _set_phase(core, dataclasses.replace(p, survivors=tuple(event.survivors),
@@ -1151,6 +1207,8 @@ def _child_over(core: Core, event: ChildExited, now: float) -> tuple[Core, Actio
 
 
 def _finished(core: Core, p: Stopping, status: int | None, now: float, actions: Actions) -> tuple[Core, Actions]:
+    if status is None and p.shutdown_signo is not None:
+        status = 128 + p.shutdown_signo
     if p.survivors:
         actions = actions + [Log(logging.INFO, "the command's last processes are gone")]
     core = _with_memory(core, command_pid=None)
@@ -1200,7 +1258,7 @@ def _standing_down(core: Core, p: StandingDown, event, now: float, rand: float):
         return core, []
     if isinstance(event, Renewed):
         core, actions = _consul_up(core)
-        if not p.key_held:
+        if not p.key_held or not core.memory.watch_ok:
             return core, actions
         deadline = max(p.deadline, event.sent_at + c.lease_window)
         return _set(core, p, deadline=deadline), actions + [SendLease(core.memory.session, deadline)]

@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from . import clock, containment, role_file, supervisor
 from . import watchdog_protocol as proto
-from .config import ACK_POLL, FOLLOWER_START_TIMEOUT, KILL_WAIT, Config
+from .config import ACK_POLL, CONTAIN_RETRY_WAIT, FOLLOWER_START_TIMEOUT, KILL_WAIT, Config
 from .exit_codes import SOFTWARE
 from .signals import WATCHDOG_IGNORED
 # The standard library's HTTP only: the watchdog is forked before anything heavier is imported.
@@ -85,8 +85,11 @@ class Watchdog:
         self.deadline: float | None = None
         self.release_value: str = ""
         self.run: Run | None = None
+        # What survived a run's SIGKILL (processes we may not signal): never forgotten until gone.
+        self.leftover: containment.Containment | None = None
         self.argv = ["/bin/sh", "-c", " ".join(config.command)] if config.shell else list(config.command)
         self.prepared: supervisor.PreparedChild | None = None
+        self.lease_dir = lease_dir
         self.lease_file = os.path.join(lease_dir, "lease-deadline")
         self.cgroup: str | None = None
         self.role_path = config.role_file_path
@@ -117,6 +120,10 @@ class Watchdog:
             if self.prepared is not None:
                 self.prepared.cancel()
             self._remove_lease_file()
+            try:
+                os.rmdir(self.lease_dir)  # the elector removes it too, unless it was killed
+            except OSError:
+                pass
             if self.role_path is not None:
                 role_file.remove(self.role_path)
             supervisor.reap_all()
@@ -204,7 +211,7 @@ class Watchdog:
                 self.run.reason = self.run.reason or proto.REASON_STOPPED
                 self._kill_and_finish()
             else:
-                self._send(proto.Exited(None, None, proto.REASON_NOTHING, False, True))
+                self._report_nothing_running(KILL_WAIT)
             return proto.Quit
         return None
 
@@ -234,6 +241,7 @@ class Watchdog:
                     self.prepared = self._prepare()
                 pid = self.prepared.launch(extra_env, until)
             except BrokenPipeError:  # the prepared process was killed meanwhile: start afresh
+                self.prepared.cancel()
                 self.prepared = self._prepare()
                 pid = self.prepared.launch(extra_env, until)
         except TimeoutError:
@@ -334,10 +342,27 @@ class Watchdog:
         if self.role[0] == role_file.LEADER:
             self._write_role(role_file.FOLLOWER, demoted_from=self.role[1])
 
+    def _report_nothing_running(self, wait: float) -> None:
+        """Answer a Stop or Quit when no run is current: confirmed only if no survivor of an
+        earlier run is left (a "nothing running" must never read as "all gone")."""
+        confirmed, survivors = self._leftovers_gone(wait)
+        self._send(proto.Exited(None, None, proto.REASON_NOTHING, False, confirmed, survivors))
+
+    def _leftovers_gone(self, wait: float) -> tuple[bool, tuple]:
+        """Kill again what survived an earlier run's SIGKILL (EPERM); (gone, survivors)."""
+        if self.leftover is None:
+            return True, ()
+        confirmed, survivors = self.leftover.kill_and_wait(wait, reap=self._reap)
+        if confirmed:
+            self.leftover = None
+            if self.prepared is None:
+                self.prepared = self._prepare()
+        return confirmed, survivors
+
     def _begin_stop(self, grace: float) -> None:
         run = self.run
         if run is None:
-            self._send(proto.Exited(None, None, proto.REASON_NOTHING, False, True))
+            self._report_nothing_running(CONTAIN_RETRY_WAIT)
             return
         run.reason = run.reason or proto.REASON_STOPPED
         kill_at = clock.now() + grace
@@ -356,6 +381,23 @@ class Watchdog:
             if self.run is not None and pid == self.run.pid:
                 self.run.reaped = True
                 self.run.status = supervisor.exit_code(status)
+        if self.run is not None and not self.run.reaped:
+            self._check_stopped(self.run.pid)
+
+    def _check_stopped(self, pid: int) -> None:
+        """A command stopped by the terminal (SIGTTIN: it read stdin from its own process group,
+        which is not the foreground) or by Ctrl-Z holds the lock doing nothing: say so."""
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
+        except ChildProcessError:
+            return
+        if got != pid:
+            return
+        if os.WIFSTOPPED(status):
+            self._send(proto.CommandStopped(pid, os.WSTOPSIG(status)))
+        else:  # it exited between the sweep above and this look: this was its reaping
+            self.run.reaped = True
+            self.run.status = supervisor.exit_code(status)
 
     def _check_timers(self) -> None:
         run = self.run
@@ -395,6 +437,8 @@ class Watchdog:
                                 swept=kill and not killed_main))
         self.run = None
         self.term = None
+        if not confirmed:
+            self.leftover = run.containment  # remembered until it is empty: see _leftovers_gone
         self._remove_lease_file()
         # The next prepared child joins the cgroup: only once nothing of this run is left in it,
         # or the next sweep would take it too (it is made on the next spawn otherwise).
@@ -451,6 +495,8 @@ class Watchdog:
         if self.run is not None:
             self.run.reason = proto.REASON_STOPPED
             confirmed = self._kill_and_finish()
+        # Survivors of an earlier run (EPERM) keep the key held: its session is left to Consul.
+        confirmed = confirmed and self._leftovers_gone(KILL_WAIT)[0]
         if confirmed and self.session is not None:
             if not released:
                 self._release_key()

@@ -131,6 +131,13 @@ class Exited:
 
 
 @dataclasses.dataclass(frozen=True)
+class CommandStopped:
+    """The command's main process was stopped by *signo* (SIGTTIN, SIGTSTP, ...)."""
+    pid: int
+    signo: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Pong:
     seq: int
 
@@ -156,7 +163,8 @@ class Acked:
 
 
 _TYPES = {cls.__name__: cls for cls in (SetSession, SetLease, Spawn, Start, Elect, Demote, SetLeader, ForwardSignal,
-                                         Stop, Quit, Ping, Spawned, SpawnFailed, Exited, Pong, Elected, Demoted, Acked)}
+                                         Stop, Quit, Ping, Spawned, SpawnFailed, Exited, Pong, Elected, Demoted, Acked,
+                                         CommandStopped)}
 
 
 def encode(message) -> bytes:

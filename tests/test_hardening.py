@@ -275,6 +275,16 @@ def test_defect_8_a_candidate_pointed_at_a_closed_port_is_idle(candidates):
 # -- 8.11: nothing left behind ------------------------------------------------------------
 
 
+def test_a_killed_elector_leaves_no_lease_folder_behind(consul_agent, candidates, tmp_path):
+    a = candidates(consul_agent.http_addr, "svc/leasedir9", "a")
+    first = wait_for(lambda: read_lives(candidates.events), 10, what="a's command")[0]
+    folder = Path(first.env["CONSUL_ELECT_LEASE_FILE"]).parent
+    watchdog = watchdog_of(a)
+    os.kill(a.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(watchdog), 10, what="the watchdog to finish")
+    assert not folder.exists(), "the watchdog removes the folder when the elector cannot"
+
+
 def test_a_killed_watchdog_leaves_no_lease_folder_behind(consul_agent, candidates, tmp_path):
     a = candidates(consul_agent.http_addr, "svc/leasedir", "a")
     first = wait_for(lambda: read_lives(candidates.events), 10, what="a's command")[0]

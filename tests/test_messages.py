@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -123,3 +124,13 @@ def test_plain_status_output_has_no_padding_at_line_ends(consul_agent, candidate
     p = cli("status", "--key", "svc/table", env_extra={"CONSUL_HTTP_ADDR": consul_agent.http_addr})
     assert p.returncode == 0 and "leader" in p.stdout, p.stderr
     assert all(line == line.rstrip() for line in p.stdout.splitlines()), repr(p.stdout)
+
+
+def test_a_stopped_command_is_reported_within_a_second_or_two(consul_agent, candidates):
+    c = candidates(consul_agent.http_addr, "svc/stopped", "a")
+    first = wait_for(lambda: read_lives(candidates.events), 10, what="a's command")[0]
+    c.send_signal(signal.SIGTSTP)  # forwarded to the command's group, as a Ctrl-Z would be
+    wait_for(lambda: "is stopped by SIGTSTP" in c.log(), 3, what="the stop to be reported")
+    assert "kill -CONT" in c.log()
+    c.send_signal(signal.SIGTERM)
+    assert c.wait(10) == 0 and not os.path.exists(f"/proc/{first.pid}/stat")

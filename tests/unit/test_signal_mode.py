@@ -51,7 +51,7 @@ class SignalScript(Script):
         self.step(L.Spawned(pid))
         assert isinstance(self.phase, L.Campaigning) and self.core.memory.command_pid == pid
         assert self.tick() == [L.OpenSession()]
-        self.step(L.SessionOpened("s1"))
+        self.step(L.SessionOpened("s1", self.now))
         return self
 
     def to_leading(self, token=100, pid=PID):
