@@ -173,7 +173,8 @@ def parse_address(addr: str, use_ssl: bool | None = None) -> tuple[str, str, int
     if not host or "/" in host or " " in host:
         raise UsageError(f"invalid Consul address {addr!r}: expected host:port or a URL")
     if not port_text:
-        return scheme, host, 443 if scheme == "https" and "://" in addr else 8500
+        # As the consul CLI reads it (Go's URL rules): no port is the scheme's own, not 8500.
+        return scheme, host, 443 if scheme == "https" else 80
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise UsageError(f"invalid Consul address {addr!r}: port must be a number from 1 to 65535")
     return scheme, host, int(port_text)
@@ -244,8 +245,9 @@ class Config:
                 f"unsafe --grace {self.grace:g}s: the child must be dead within the lease window "
                 f"min(ttl {self.ttl:g}s, lock-delay {self.lock_delay:g}s) x {1 - CLOCK_RATE_ERROR:g} - "
                 f"{SCHEDULING_SLACK:g}s = {self.lease_window:.2f}s, and {self.grace:g}s grace + "
-                f"{RENEWS_PER_WINDOW} renewals x {MIN_RENEW_INTERVAL:g}s does not fit; lower --grace or raise "
-                f"{self._binding_limit}"
+                f"{RENEWS_PER_WINDOW} renewal attempts x {MIN_RENEW_INTERVAL:g}s does not fit; use --grace "
+                f"{self._max_grace:.2f}s or less, or raise --ttl and --lock-delay to at least "
+                f"{self._window_source_for(self.grace):.2f}s"
             )
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError("--timeout must be greater than 0")
@@ -281,6 +283,15 @@ class Config:
         if self.role_file is not None:
             return os.path.abspath(self.role_file)
         return default_role_file(self.key) if self.signal_mode else None
+
+    @property
+    def _max_grace(self) -> float:
+        return self.lease_window - RENEWS_PER_WINDOW * MIN_RENEW_INTERVAL
+
+    @staticmethod
+    def _window_source_for(grace: float) -> float:
+        """The min(ttl, lock-delay) whose lease window fits *grace* and the renew attempts."""
+        return (grace + RENEWS_PER_WINDOW * MIN_RENEW_INTERVAL + SCHEDULING_SLACK) / (1 - CLOCK_RATE_ERROR)
 
     @property
     def _binding_limit(self) -> str:

@@ -843,6 +843,10 @@ def _see_key(core: Core, kv: KeyState | None, now: float) -> tuple[Core, Actions
         if previous is None or previous.session != kv.session:
             leader_name = holder.get("name") or "a non-consul-elect holder"
             actions.append(Log(logging.INFO, f"following {leader_name} (session {kv.session})"))
+            if leader_name == core.config.name:
+                actions.append(Log(logging.WARNING, f"another candidate is named {leader_name!r} too (the host name, "
+                                                    "by default?): logs and `status` cannot tell them apart; give "
+                                                    "each its own --name (CONSUL_ELECT_NAME)"))
             actions += _tell_leader(core, holder.get("name") if isinstance(holder.get("name"), str) else None)
         core = _with_memory(core, holder=followed)
         leader = {**holder, "name": holder.get("name"), "session": kv.session}

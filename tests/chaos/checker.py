@@ -39,7 +39,8 @@ CLOCK_RATE_ERROR = 0.01
 SCHEDULING_SLACK = 0.25
 RECONNECT_BACKOFF_MAX = 2.0   # a candidate cut off from Consul retries at least this often
 # A key freed without lock-delay (an operator's release or delete) is taken only once the old
-# holder's session ends, or its lease window plus this margin has passed (README "Campaign").
+# holder's session ends (README "Campaign"); a healthy old leader ends it within its grace, so
+# the bound allows its lease window plus this margin.
 HOLDER_MARGIN = 1.0
 
 # --- what this test bed adds, with the reason for each value
@@ -115,8 +116,8 @@ def bound_table(lease: Lease) -> dict[str, Bound]:
                  "every session timer at 2 x TTL, then the lock-delay")
     freed = Bound(lease.window + HOLDER_MARGIN + S, None, "B + 1 s + S",
                   "no lock-delay applies to a release or a delete, so a standby waits until the old holder's "
-                  "session ends (its elector destroys it once the command is confirmed dead, within --grace) "
-                  "or the old holder's lease window + 1 s has passed")
+                  "session ends: its elector destroys it once the command is confirmed dead, within --grace "
+                  "(well inside B + 1 s)")
     table = {
         "kill9-elector": dataclasses.replace(release, reason="the watchdog sees its socket close, SIGKILLs the "
                                              "command, confirms it gone, releases the key and destroys the session"),

@@ -72,7 +72,7 @@ def test_durations_are_formatted_for_consul(seconds, text):
 
 @pytest.mark.parametrize("addr, expected", [
     ("127.0.0.1:8500", ("http", "127.0.0.1", 8500)),
-    ("consul", ("http", "consul", 8500)),
+    ("consul", ("http", "consul", 80)),   # as the consul CLI: no port is the scheme's own
     ("http://consul:18500", ("http", "consul", 18500)),
     ("https://consul", ("https", "consul", 443)),
     ("https://consul:8501/", ("https", "consul", 8501)),
@@ -90,6 +90,7 @@ def test_bad_addresses_are_usage_errors(addr):
 
 def test_consul_http_ssl_switches_the_scheme():
     assert parse_address("consul:8501", use_ssl=True)[0] == "https"
+    assert parse_address("consul", use_ssl=True) == ("https", "consul", 443)
 
 
 def test_identity_round_trip_and_release_mark():

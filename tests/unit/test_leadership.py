@@ -732,3 +732,9 @@ def test_leaving_ignores_everything_after_exit():
     s.step(L.Signal(signal.SIGTERM))
     assert s.step(L.Signal(signal.SIGTERM)) == []
     assert L.wake_at(s.core) is None
+
+
+def test_a_leader_with_our_own_name_is_called_out():
+    s = Script().to_campaigning()
+    s.step(L.KeyChanged(held("other", name="me"), 60))
+    assert "another candidate is named 'me' too" in s.logs()
