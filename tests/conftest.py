@@ -1,8 +1,10 @@
 """Fixtures that run real Consul processes (see tests/consul_servers.py)."""
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -106,3 +108,28 @@ def tls_agent(consul_bin, tmp_path):
         yield agent.start()
     finally:
         agent.stop()
+
+
+@pytest.fixture
+def closing_port():
+    """A loopback TCP server that accepts and closes at once: a port that is not HTTP."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                sock, _ = server.accept()
+            except OSError:
+                return
+            sock.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(timeout=2)

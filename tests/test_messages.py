@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 from harness import FAST, read_lives, wait_for
@@ -34,39 +33,14 @@ def assert_one_clean_line(stderr: str, *words: str) -> None:
         assert leak not in stderr, stderr
 
 
-@pytest.fixture
-def closing_server():
-    """A loopback TCP server that closes every connection at once: not an HTTP port."""
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve():
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
-
-
-def test_wrong_addresses_are_said_plainly(consul_agent, tls_agent, closing_server):
+def test_wrong_addresses_are_said_plainly(consul_agent, tls_agent, closing_port):
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
     closed.close()
     table = [
         (f"https://{consul_agent.http_addr}", 78, ["https was used", "speaks plain HTTP", "use http://"]),
         (f"http://{tls_agent.https_addr}", 78, ["speaks HTTPS", "https://"]),
-        (closing_server, 69, ["closed the connection without an HTTP answer"]),
+        (closing_port, 69, ["closed the connection without an HTTP answer"]),
         (f"127.0.0.1:{closed_port}", 69, ["connection refused"]),
         ("no-such-host.invalid:8500", 69, ["does not resolve"]),
     ]

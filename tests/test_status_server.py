@@ -379,7 +379,9 @@ def test_start_on_a_busy_port_raises_usage_error(state):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(UsageError, match=rf"^cannot serve status on 127\.0\.0\.1:{port}: address already in use$"):
+        with pytest.raises(UsageError, match=rf"^cannot serve status on 127\.0\.0\.1:{port}: address already in use "
+                                             r"\(another candidate on this host\? give each its own --port, or 0 "
+                                             r"for any free port\)$"):
             StatusServer(state, "127.0.0.1", port).start()
 
 

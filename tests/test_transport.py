@@ -11,8 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import socket
-import threading
 import time
 
 import pytest
@@ -149,31 +147,6 @@ def test_a_token_with_a_trailing_newline_works_and_never_appears_in_errors(acl_a
 
 
 # -- wrong addresses (issue 13) -------------------------------------------------------------
-
-@pytest.fixture
-def closing_port():
-    """A loopback TCP server that accepts and closes at once: a port that is not HTTP."""
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                sock, _ = server.accept()
-            except OSError:
-                return
-            sock.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(timeout=2)
-
 
 WRONG_ADDRESSES = {
     "https to an http port": (ConsulTLSError, ["https was used", "speaks plain HTTP", "use http://",
