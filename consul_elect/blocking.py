@@ -41,9 +41,15 @@ class BlockingQueryLoop(threading.Thread):
         self.on_answer = on_answer
         self.on_error = on_error
         self.stopped = threading.Event()
+        self._nudged = threading.Event()
 
     def stop(self) -> None:
         self.stopped.set()
+        self._nudged.set()
+
+    def retry_now(self) -> None:
+        """Cut short a back-off after a failure: the caller knows Consul answers again."""
+        self._nudged.set()
 
     def run(self) -> None:
         index = 0
@@ -54,7 +60,8 @@ class BlockingQueryLoop(threading.Thread):
             except ConsulError as e:
                 if not self.stopped.is_set():
                     self.on_error(e)
-                self.stopped.wait(_pause(backoff, e))
+                self._nudged.wait(_pause(backoff, e))
+                self._nudged.clear()
                 backoff = min(backoff * 2, defaults.RECONNECT_BACKOFF_MAX)
                 index = 0
                 continue

@@ -31,7 +31,7 @@ from .hooks import Hooks
 from .leadership import (
     Acked, Acquire, Acquired, AcquireRefused, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect, Elected,
     EndSession, Exit, Forward, GroupKilled, HolderChecked, KeyRead, KillGroup, KillWatchdog, Log, OpenSession,
-    Publish, RequestFailed, RunHook, SendLease, SessionOpened, SetRenewInterval, Spawn, Spawned, SpawnFailed,
+    Publish, RequestFailed, RewatchNow, RunHook, SendLease, SessionOpened, SetRenewInterval, Spawn, Spawned, SpawnFailed,
     StartCommand, StopChild, TellLeader, Tick, WatchdogLost, WatchdogUnresponsive,
 )
 from .lock_key import Identity, session_name
@@ -313,6 +313,9 @@ class Driver:
         elif isinstance(action, KillGroup):
             confirmed, survivors = self._containment().kill_and_wait(action.wait, reap=supervisor.reap_all)
             return GroupKilled(confirmed, survivors)
+        elif isinstance(action, RewatchNow):
+            if self.watcher is not None:
+                self.watcher.retry_now()
         elif isinstance(action, KillWatchdog):
             _kill(self.watchdog.pid)
         elif isinstance(action, EndSession):

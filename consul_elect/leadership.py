@@ -300,6 +300,11 @@ class KillGroup:
 
 
 @dataclasses.dataclass(frozen=True)
+class RewatchNow:
+    """Tell the key watcher to retry at once instead of finishing its back-off: Consul answers."""
+
+
+@dataclasses.dataclass(frozen=True)
 class KillWatchdog:
     pass
 
@@ -584,6 +589,9 @@ def _consul_up(core: Core) -> tuple[Core, Actions]:
         actions.insert(0, Log(logging.INFO, "Consul is reachable again"))
     elif core.memory.consul is Reach.NEVER_FAILING:
         actions.insert(0, Log(logging.INFO, "Consul answered"))
+    if not core.memory.watch_ok:
+        # Without its watch a leader could not extend its lease: get the watch back at once.
+        actions.append(RewatchNow())
     core = _with_memory(core, consul=Reach.UP, consul_error=None)
     return core, actions + _published_state(core)
 
@@ -911,7 +919,9 @@ def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple
         spawn_first = [SendLease(m.session, deadline), Spawn(event.token, deadline)]
         phase = Spawning(event.token, deadline)
     core = dataclasses.replace(core, phase=phase, memory=dataclasses.replace(m, holder=None))
-    return core, spawn_first + [
+    # A leader whose key watch is down cannot extend its lease: get the watch back at once.
+    rewatch = [] if m.watch_ok else [RewatchNow()]
+    return core, spawn_first + rewatch + [
         # The lease counts from when the acquire was sent; if Consul took long to answer, most
         # of it is gone: get a fresh proof at once.
         SetRenewInterval(c.renew_interval, renew_now=now - event.sent_at > c.renew_interval),

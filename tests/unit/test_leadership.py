@@ -738,3 +738,13 @@ def test_a_leader_with_our_own_name_is_called_out():
     s = Script().to_campaigning()
     s.step(L.KeyChanged(held("other", name="me"), 60))
     assert "another candidate is named 'me' too" in s.logs()
+
+
+def test_a_leader_elected_while_its_watch_is_down_asks_for_the_watch_at_once():
+    """Consul back after an outage: the acquire may beat the watcher's back-off, and without the
+    watch the new leader could not extend its lease (it stepped down 1.2 s later)."""
+    s = Script().with_session()
+    s.step(L.WatchFailed(ConsulUnavailable("connection refused")))
+    s.tick()
+    acts = s.step(L.Acquired(9, s.now))
+    assert L.RewatchNow() in acts
