@@ -6,8 +6,6 @@ harness.Candidate, harness.read_lives, harness.pid_alive); run.py puts tests/ on
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import os
 import platform
 import shutil
@@ -15,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +22,7 @@ TESTS = REPO / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from fault_proxy import FaultProxy  # noqa: E402
 from harness import LoggedProcess, pid_alive  # noqa: E402
 
 now = time.monotonic  # CLOCK_MONOTONIC on Linux: the same clock the children stamp with
@@ -183,91 +181,12 @@ class LockHolder(LoggedProcess):
 # --------------------------------------------------------------------------- counting proxy
 
 
-class CountingProxy:
-    """An HTTP proxy in front of a Consul agent that records every request (after tests/slow_proxy.py).
-
-    `requests` holds (arrival time.monotonic(), method, path without query). Blocking queries are
-    held in their own thread for as long as Consul holds them.
-    """
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.requests: list[tuple[float, str, str]] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self):
-                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                    chunks = []
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            return b"".join(chunks)
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else None
-
-            def _forward(self):
-                proxy.requests.append((now(), self.command, self.path.split("?", 1)[0]))
-                body = self._body()
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "connection", "transfer-encoding", "content-length")}
-                if body is not None:
-                    headers["Content-Length"] = str(len(body))
-                try:
-                    conn = http.client.HTTPConnection(proxy.upstream, timeout=700)
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    conn.close()
-                except OSError:
-                    self.close_connection = True
-                    try:
-                        self.send_error(502)
-                    except OSError:
-                        pass
-                    return
-                try:
-                    self.send_response(resp.status)
-                    for k, v in resp.getheaders():
-                        if k.lower() not in ("content-length", "connection", "transfer-encoding", "date"):
-                            self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client went away (killed at the end of a figure)
-                    self.close_connection = True
-
-            do_GET = do_PUT = do_DELETE = do_POST = _forward
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # a client killed mid-request is part of the benchmark, not news
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> CountingProxy:
-        self._thread.start()
-        return self
+class CountingProxy(FaultProxy):
+    """tests/fault_proxy.FaultProxy with no fault set, read as a request counter."""
 
     def between(self, t0: float, t1: float) -> list[tuple[float, str, str]]:
-        return [r for r in list(self.requests) if t0 <= r[0] < t1]
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()
+        """(arrival, method, path) of the requests that arrived in [t0, t1) (time.monotonic())."""
+        return [(t, method, path) for t, method, path, _status in list(self.requests) if t0 <= t < t1]
 
 
 def classify(method: str, path: str) -> str:
