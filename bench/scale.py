@@ -52,13 +52,13 @@ def one_size(b: Bench, tool: Tool, size: int, handovers: int) -> dict:
     try:
         for name in names:
             wrappers[name] = tool.start(proxy.address, key, name, wd, events)
-        leader = poll_until(lambda: next(iter(tail.poll().lives.values()), None), 60, 0.05)
+        leader = poll_until(lambda: next(iter(tail.poll().lives.values()), None), 60 + 2 * size, 0.05)
         if leader is None:
             raise BenchError(f"{tool.label} x{size}: no leader within 60 s\n{log_tail(wrappers[names[0]])}")
         for _ in range(handovers):
             current = max(tail.poll().lives.values(), key=lambda life: life["start"])
             waiting = [w for n, w in wrappers.items() if n != current["name"]]
-            if not poll_until(lambda: all(_waiting_any(tool, w) for w in waiting), 60, 0.05):
+            if not poll_until(lambda: all(_waiting_any(tool, w) for w in waiting), 60 + 2 * size, 0.05):
                 raise BenchError(f"{tool.label} x{size}: not every wrapper waits")
             time.sleep(1.0)
             t_sig = now()

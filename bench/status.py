@@ -97,7 +97,7 @@ def load(url: str, seconds: float, workers: int) -> dict:
 
 
 def renew_delays(proxy: CountingProxy, start: float, end: float) -> float:
-    arrivals = [t for t, method, path in proxy.requests if path.startswith("/v1/session/renew/") and start <= t <= end]
+    arrivals = [t for t, method, path, _status in proxy.requests if path.startswith("/v1/session/renew/") and start <= t <= end]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     return max(gaps) - RENEW_INTERVAL if gaps else float("nan")
 
