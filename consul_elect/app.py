@@ -1,6 +1,6 @@
 """Start `consul-elect run`: check the command, fork the watchdog, then drive the election.
 
-This module stays light on purpose: the watchdog is forked here, before py-consul and the
+This module stays light on purpose: the watchdog is forked here, before the transport and the
 election's threads are imported or started, so the process that must outlive a dead or frozen
 elector is small, and forking it for the command is fast.
 """

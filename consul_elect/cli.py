@@ -1,6 +1,6 @@
 """The command line: parse flags and environment, call the core, map its errors to exit codes.
 
-Heavy modules (py-consul, requests, rich, the election itself) are imported inside the
+Heavy modules (rich, the transport, the driver) are imported inside the
 commands, so `--help` and `status` start fast.
 """
 

@@ -26,7 +26,7 @@ from .clock import utc_now_iso
 from .config import Config
 from .consul_api import ConsulClient
 from .elector import KeyWatcher, SessionKeeper
-from .errors import ConsulError, ElectError, UsageError
+from .errors import ConsulError, UsageError
 from .hooks import Hooks
 from .leadership import (
     Acked, Acquire, Acquired, AcquireRefused, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect, Elected,
