@@ -201,73 +201,54 @@ def _file_error(kind: str, path: str, origin: str, e: Exception) -> ConsulTLSErr
 # -- sockets that keep one deadline -----------------------------------------------------------
 
 
-def _arm(sock: socket.socket) -> None:
-    """Give *sock*'s next blocking call what is left until its deadline (time.monotonic())."""
-    if sock.deadline == math.inf:
-        sock.settimeout(None)
-        return
-    left = sock.deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("deadline passed")
-    sock.settimeout(min(left, _LONGEST_WAIT))
-
-
-class _DeadlineSocket(socket.socket):
-    """A socket whose every blocking call times out at `deadline`, not per call."""
+class _Deadline:
+    """Mixed into a socket class: every blocking call times out at `deadline`, not per call."""
 
     deadline = math.inf
-    _arm = _arm
 
+    def _arm(self) -> None:
+        """Give the next blocking call what is left until the deadline (time.monotonic())."""
+        if self.deadline == math.inf:
+            self.settimeout(None)
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.settimeout(min(left, _LONGEST_WAIT))
+
+    def recv_into(self, *args, **kwargs):
+        self._arm()
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args, **kwargs):
+        self._arm()
+        return super().recv(*args, **kwargs)
+
+    def send(self, *args, **kwargs):
+        self._arm()
+        return super().send(*args, **kwargs)
+
+    def sendall(self, *args, **kwargs):
+        # A plain socket's timeout bounds its whole sendall (since Python 3.5); SSLSocket.sendall
+        # loops over send(), so there each chunk re-arms too.
+        self._arm()
+        return super().sendall(*args, **kwargs)
+
+
+class _DeadlineSocket(_Deadline, socket.socket):
     def connect(self, address) -> None:
         self._arm()
         super().connect(address)
 
-    def recv_into(self, *args, **kwargs):
-        self._arm()
-        return super().recv_into(*args, **kwargs)
 
-    def recv(self, *args, **kwargs):
-        self._arm()
-        return super().recv(*args, **kwargs)
-
-    def sendall(self, *args, **kwargs):
-        self._arm()   # since Python 3.5 the timeout bounds the whole sendall
-        return super().sendall(*args, **kwargs)
-
-    def send(self, *args, **kwargs):
-        self._arm()
-        return super().send(*args, **kwargs)
-
-
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The TLS counterpart; SSLSocket.sendall loops over send(), so each chunk re-arms."""
-
-    deadline = math.inf
-    _arm = _arm
-
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
     def do_handshake(self, *args, **kwargs):
         self._arm()
         return super().do_handshake(*args, **kwargs)
 
-    def recv_into(self, *args, **kwargs):
-        self._arm()
-        return super().recv_into(*args, **kwargs)
-
-    def recv(self, *args, **kwargs):
-        self._arm()
-        return super().recv(*args, **kwargs)
-
     def read(self, *args, **kwargs):
         self._arm()
         return super().read(*args, **kwargs)
-
-    def send(self, *args, **kwargs):
-        self._arm()
-        return super().send(*args, **kwargs)
-
-    def sendall(self, *args, **kwargs):
-        self._arm()
-        return super().sendall(*args, **kwargs)
 
 
 class _ResolveTimeout(TimeoutError):
