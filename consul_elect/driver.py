@@ -29,10 +29,10 @@ from .elector import KeyWatcher, SessionKeeper
 from .errors import ConsulError, UsageError
 from .hooks import Hooks
 from .leadership import (
-    Acked, Acquire, Acquired, AcquireRefused, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect, Elected,
-    EndSession, Exit, Forward, GroupKilled, HolderChecked, KeyRead, KillGroup, KillWatchdog, Log, OpenSession,
-    Publish, RequestFailed, RewatchNow, RunHook, SendLease, SessionOpened, SetRenewInterval, Spawn, Spawned, SpawnFailed,
-    StartCommand, StopChild, TellLeader, Tick, WatchdogLost, WatchdogUnresponsive,
+    Acked, Acquire, Acquired, AcquireRefused, CheckAck, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect,
+    Elected, EndSession, Exit, Forward, GroupKilled, HolderChecked, KeyRead, KillGroup, KillWatchdog, Log, NotAcked,
+    OpenSession, Publish, RequestFailed, RewatchNow, RunHook, SendLease, SessionOpened, SetRenewInterval, Spawn,
+    Spawned, SpawnFailed, StartCommand, StopChild, TellLeader, Tick, WatchdogLost, WatchdogUnresponsive,
 )
 from .lock_key import Identity, session_name
 from .signals import FORWARDED_SIGNALS, SHUTDOWN_SIGNALS
@@ -310,6 +310,10 @@ class Driver:
         elif isinstance(action, SetRenewInterval):
             if self.keeper is not None:
                 self.keeper.reschedule(action.seconds, action.renew_now)
+        elif isinstance(action, CheckAck):
+            path = self.config.role_file_path
+            acked = path is not None and role_file.acknowledged(path, action.token)
+            return Acked(action.token) if acked else NotAcked(action.token)
         elif isinstance(action, KillGroup):
             confirmed, survivors = self._containment().kill_and_wait(action.wait, reap=supervisor.reap_all)
             return GroupKilled(confirmed, survivors)

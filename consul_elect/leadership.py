@@ -191,6 +191,12 @@ class Acked:
 
 
 @dataclasses.dataclass(frozen=True)
+class NotAcked:
+    """Signal mode, the answer to CheckAck: the command has not acknowledged *token*."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
 class WatchdogLost:
     """The watchdog process is gone (its socket closed)."""
 
@@ -271,6 +277,13 @@ class Elect:
 class Demote:
     """Signal mode: tell the command to stand down from *token* (answers: Demoted, then Acked, or
     ChildExited when it did not acknowledge within the grace period and was killed)."""
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckAck:
+    """Signal mode: read the command's acknowledgement of *token* from the role file ourselves
+    (answer: Acked or NotAcked), not trusting that the watchdog's news has reached us."""
     token: int
 
 
@@ -1264,12 +1277,19 @@ def _standing_down(core: Core, p: StandingDown, event, now: float, rand: float):
         return _child_over(core, event, now)
     if isinstance(event, Tick):
         if now >= p.deadline:
-            # The watchdog kills at the end of the grace period; by the deadline it has not
-            # reported it done, so it may be frozen: kill the command ourselves.
-            return _set_phase(core, Stopping(reason=p.reason, then=Then.EXIT, deadline=p.deadline, pid=p.pid,
-                                             key_held=p.key_held, error=p.error, shutdown_signo=p.shutdown_signo,
-                                             backup_killed=True)), [KillGroup()]
+            # The watchdog kills at the end of the grace period, yet has not reported. Either
+            # it is frozen, or its news is still on the way to us (we may be the one that was
+            # frozen: then it demoted the command on its own long ago). The acknowledgement
+            # itself decides, read where the command wrote it: a command that stood down must
+            # go on running as a follower.
+            return core, [CheckAck(p.token)]
         return core, []
+    if isinstance(event, NotAcked) and event.token == p.token:
+        return _set_phase(core, Stopping(reason=p.reason, then=Then.EXIT, deadline=p.deadline, pid=p.pid,
+                                         key_held=p.key_held, error=p.error, shutdown_signo=p.shutdown_signo,
+                                         backup_killed=True)), [
+            Log(logging.ERROR, f"the command has not acknowledged its demotion from term {p.token} by the lease "
+                               "deadline and the watchdog has not reported: killing it (SIGKILL)"), KillGroup()]
     if isinstance(event, Renewed):
         core, actions = _consul_up(core)
         if not p.key_held or not core.memory.watch_ok:

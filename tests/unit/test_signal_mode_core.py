@@ -376,11 +376,39 @@ def test_standing_down_the_key_can_still_be_lost(event):
     assert not s.phase.key_held
 
 
-def test_standing_down_the_elector_kills_at_the_deadline_if_the_watchdog_did_not():
+def test_standing_down_the_elector_kills_at_the_deadline_if_the_command_has_not_acknowledged():
     s = SignalScript().to_standing_down()
     deadline = s.phase.deadline
     assert L.wake_at(s.core) == deadline
-    assert s.tick() == [L.KillGroup()] and s.now == deadline and isinstance(s.phase, L.Stopping)
+    assert s.tick() == [L.CheckAck(100)] and s.now == deadline
+    acts = s.step(L.NotAcked(100))
+    assert acts[-1] == L.KillGroup() and isinstance(s.phase, L.Stopping) and s.phase.backup_killed
+    assert "has not acknowledged its demotion from term 100 by the lease deadline" in s.logs()
+
+
+def test_a_thawed_elector_finds_the_acknowledgement_the_watchdogs_news_had_not_brought_yet():
+    """Frozen past its deadline while leading: the watchdog demoted the command on its own, the
+    command acknowledged, the watchdog released the key. The elector thaws and its timers fire
+    before the watchdog's Demoted and Acked are read: it must not kill the command that stood
+    down, but find the acknowledgement and campaign again with it running (a CI failure)."""
+    s = SignalScript().to_leading()
+    s.tick(at=s.phase.deadline + 1.0)
+    assert isinstance(s.phase, L.StandingDown)
+    assert s.tick() == [L.CheckAck(100)]
+    acts = s.step(L.Acked(100))
+    assert not s.of(L.KillGroup) and not s.of(L.StopChild) and not s.of(L.Exit)
+    assert L.EndSession("s1", release=True) in acts and isinstance(s.phase, L.Campaigning)
+    assert s.core.memory.command_pid == PID
+    for late in (L.Demoted(100, by_watchdog=True), L.Acked(100)):
+        assert not s.step(late) or not s.of(L.KillGroup)
+        assert isinstance(s.phase, L.Campaigning)
+
+
+def test_an_acknowledgement_of_another_term_read_at_the_deadline_does_not_count():
+    s = SignalScript().to_standing_down()
+    s.tick()
+    s.step(L.NotAcked(99))
+    assert isinstance(s.phase, L.StandingDown) and not s.of(L.KillGroup)
 
 
 def test_sigterm_while_standing_down_leaves_after_it_and_a_second_kills_now():
