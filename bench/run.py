@@ -95,7 +95,11 @@ class Bench:
         return tail
 
     def start_agent(self, base_dir: Path) -> ConsulAgent:
-        agent = ConsulAgent(self.consul_bin, base_dir=str(base_dir))
+        # Every wrapper reaches the agent through one proxy, i.e. from one client address, and
+        # each keeps up to three connections: Consul's default of 200 per client would refuse
+        # a hundred wrappers (a real fleet spreads over many agents).
+        agent = ConsulAgent(self.consul_bin, base_dir=str(base_dir),
+                            extra_hcl=["limits { http_max_conns_per_client = 2000 }"])
         self.agents.append(agent)
         return agent.start()
 

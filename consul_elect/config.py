@@ -73,6 +73,13 @@ STARTUP_PATIENCE = 15.0
 # A key freed without lock-delay (an operator's delete or release) while its holder's session
 # lives: check that session this often until it ends (no other bound: see leadership.HolderWait).
 HOLDER_POLL = 0.1
+# A clean release names up to HANDOVER_SUCCESSORS waiters, oldest candidacy first: the first
+# acquires at once, each next one HANDOVER_TURN later if the key is still free, every other
+# waiter after them all. One write instead of a failed acquire (a Raft write) per waiter; the
+# turn is long enough for a live successor's acquire under load, short enough that a dead one
+# costs little.
+HANDOVER_SUCCESSORS = 3
+HANDOVER_TURN = 0.2
 # After SIGKILL, how long to wait for the kernel to let the command's processes die before
 # reporting them as survivors.
 KILL_WAIT = 2.0

@@ -20,7 +20,7 @@ from . import config as defaults
 from .config import Connection
 from .durations import format_duration
 from .errors import ConsulUnavailable, PermissionDenied, SessionGone
-from .lock_key import KeyState
+from .lock_key import KeyState, QueueEntry
 from .transport import Transport, one_line
 
 # Errors parsing an answer whose JSON has the wrong shape.
@@ -118,6 +118,28 @@ class ConsulClient:
         if not isinstance(answer, bool):
             raise self._bad_answer("release", TypeError("not true or false"))
         return answer
+
+    # -- the queue of candidates (lock_key.queue_prefix) ------------------------------------
+
+    def join_queue(self, entry: str, session: str, value: bytes, timeout: float = defaults.REQUEST_TIMEOUT) -> bool:
+        """Create our entry, held by *session* so that it shows when the session ends."""
+        _, _, data = self._request("PUT", f"/v1/kv/{entry}", {"acquire": session}, body=value, timeout=timeout)
+        return self._json(data, "queue entry") is True
+
+    def read_queue(self, prefix: str, timeout: float = defaults.REQUEST_TIMEOUT) -> list[QueueEntry]:
+        status, _, data = self._request("GET", f"/v1/kv/{prefix}", {"recurse": None}, timeout=timeout,
+                                        ok=(200, 404))
+        if status == 404:
+            return []
+        try:
+            return [QueueEntry(kv["Key"], kv.get("Session") or None, int(kv["CreateIndex"]),
+                               base64.b64decode(kv["Value"]) if kv.get("Value") else None)
+                    for kv in self._json(data, "queue read")]
+        except _SHAPE_ERRORS as e:
+            raise self._bad_answer("queue read", e) from None
+
+    def delete_key(self, key: str, timeout: float = defaults.REQUEST_TIMEOUT) -> None:
+        self._request("DELETE", f"/v1/kv/{key}", timeout=timeout)
 
     def read_key(
         self, key: str, index: int = 0, wait: float | None = None, consistent: bool = True,

@@ -30,10 +30,12 @@ from .errors import ConsulError, UsageError
 from .hooks import Hooks
 from .leadership import (
     Acked, Acquire, Acquired, AcquireRefused, CheckAck, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect,
-    Elected, EndSession, Exit, Forward, GroupKilled, HolderChecked, KeyRead, KillGroup, KillWatchdog, Log, NotAcked,
+    Elected, EndSession, Exit, Forward, GroupKilled, HolderChecked, KeyRead, KillGroup, KillWatchdog, LeaveQueue,
+    Log, NotAcked,
     OpenSession, Publish, RequestFailed, RewatchNow, RunHook, SendLease, SessionOpened, SetRenewInterval, Spawn,
     Spawned, SpawnFailed, StartCommand, StopChild, TellLeader, Tick, WatchdogLost, WatchdogUnresponsive,
 )
+from . import lock_key
 from .lock_key import Identity, session_name
 from .signals import FORWARDED_SIGNALS, SHUTDOWN_SIGNALS
 from .state import ElectionState
@@ -76,6 +78,12 @@ class Driver:
         self.next_ping_at = 0.0
         self.watchdog_reported = False
         self.hooks = Hooks(config.hook_timeout, self.state.hook_failed)
+        # The queue of candidates (lock_key.queue_prefix): the session whose entry we hold, and
+        # what a read of the queue found while our command stopped, for the release to name.
+        self.queued: str | None = None
+        self.elected_session: str | None = None
+        self.successors: tuple[str, tuple[str, ...]] | None = None  # (for our session, who)
+        self.dead_entries: tuple[str, ...] = ()
 
     # -- the one way in and out --------------------------------------------------------------
 
@@ -290,6 +298,7 @@ class Driver:
             self.watchdog.send(proto.Elect(action.token))
         elif isinstance(action, Demote):
             self.watchdog.send(proto.Demote(action.token))
+            self._read_successors(self.core.memory.session)
         elif isinstance(action, StartCommand):
             self.watchdog.send(proto.Start(self._role_env()))
         elif isinstance(action, TellLeader):
@@ -301,6 +310,7 @@ class Driver:
             self.watchdog.send(proto.SetLease(action.deadline, value.decode()))
         elif isinstance(action, StopChild):
             self.watchdog.send(proto.Stop(action.grace))
+            self._read_successors(self.core.memory.session)
         elif isinstance(action, Forward):
             self.watchdog.send(proto.ForwardSignal(action.signo))
         elif isinstance(action, Log):
@@ -324,6 +334,8 @@ class Driver:
             _kill(self.watchdog.pid)
         elif isinstance(action, EndSession):
             self._end_session(action.session, action.release)
+        elif isinstance(action, LeaveQueue):
+            self._leave_queue(action.session)
         else:
             return self._consul(action)
         return None
@@ -341,6 +353,7 @@ class Driver:
                 self.watchdog.send(proto.SetSession(session))
                 self.keeper = SessionKeeper(c, session, self.events.put, c.follower_renew_interval)
                 self.keeper.start()
+                self._join_queue(session)
                 return SessionOpened(session, sent_at)
             if isinstance(action, Acquire):
                 since = utc_now_iso()
@@ -352,6 +365,7 @@ class Driver:
                 if token is None:
                     return AcquireRefused()
                 self.leader_since = since
+                self.elected_session = action.session
                 return Acquired(token, sent_at)
             if isinstance(action, CheckHolder):
                 return HolderChecked(action.session, self.client.session_info(action.session) is not None)
@@ -367,21 +381,69 @@ class Driver:
             self.keeper = None
         self.watchdog.send(proto.SetSession(None))
         self.state.update(session=None)
-        if not release:
-            return
-        try:
-            # Marked `released`: candidates know the command is confirmed gone and need not wait.
-            value = self.identity.to_value(session, self.leader_since or utc_now_iso(), released=True)
-            if self.client.release(self.config.key, session, value, timeout=defaults.REQUEST_TIMEOUT):
-                log.info("released %s", self.config.key)
-        except ConsulError as e:
-            log.warning("could not release %s (Consul will when the session ends): %s", self.config.key, e)
+        if release:
+            self._release(session)
+        self._leave_queue(session)
+        for entry in self.dead_entries:
+            self._delete_quietly(entry)
+        self.dead_entries = ()
         # Destroyed even when the release failed (a token without key write): otherwise the
         # session would hold on until its TTL.
         try:
             self.client.destroy_session(session, timeout=defaults.REQUEST_TIMEOUT)
         except ConsulError as e:
             log.warning("could not destroy session %s (Consul will expire it): %s", session, e)
+
+    def _release(self, session: str) -> None:
+        if self.successors is None or self.successors[0] != session:
+            self._read_successors(session)
+        successors = self.successors[1] if self.successors is not None and self.successors[0] == session else ()
+        self.successors = None
+        self.elected_session = None
+        try:
+            # Marked `released`: candidates know the command is confirmed gone and need not
+            # wait; `next` says which of them try first.
+            value = self.identity.to_value(session, self.leader_since or utc_now_iso(), released=True,
+                                           successors=successors)
+            if self.client.release(self.config.key, session, value, timeout=defaults.REQUEST_TIMEOUT):
+                log.info("released %s", self.config.key)
+        except ConsulError as e:
+            log.warning("could not release %s (Consul will when the session ends): %s", self.config.key, e)
+
+    # -- the queue of candidates ----------------------------------------------------------------
+
+    def _join_queue(self, session: str) -> None:
+        """Best effort: a candidate without an entry (a token that may write only the key itself)
+        campaigns as before, after the successors a release names."""
+        value = self.identity.to_value(session, utc_now_iso())
+        try:
+            if self.client.join_queue(lock_key.queue_entry(self.config.key, session), session, value):
+                self.queued = session
+        except ConsulError as e:
+            log.info("not in the queue of candidates (%s): a handover will name others first", e)
+
+    def _leave_queue(self, session: str) -> None:
+        if self.queued == session:
+            self.queued = None
+            self._delete_quietly(lock_key.queue_entry(self.config.key, session))
+
+    def _read_successors(self, session: str | None) -> None:
+        """While our command stops: who the release will name (and whose entries are dead)."""
+        if session is None or self.elected_session != session:
+            return
+        try:
+            entries = self.client.read_queue(lock_key.queue_prefix(self.config.key))
+        except ConsulError as e:
+            log.debug("could not read the queue of candidates: %s", e)
+            return
+        self.successors = (session, lock_key.successors(entries, session, defaults.HANDOVER_SUCCESSORS))
+        self.dead_entries = tuple(e.key for e in entries if e.session is None)
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.client.delete_key(key)
+        except ConsulError as e:
+            log.debug("could not delete %s: %s", key, e)
 
     def _containment(self) -> containment.Containment:
         """What the elector itself can reach of the command: its group, the watchdog's cgroup,

@@ -39,7 +39,7 @@ from .errors import (
     ConsulError, ConsulTLSError, ConsulUnavailable, ElectError, InternalError, LeadershipLost, LeadershipTimeout, NotAnElectKey,
     SessionGone, WatchdogFailed,
 )
-from .lock_key import KeyState, parse_identity
+from .lock_key import KeyState, parse_identity, turn
 from .state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN
 from .signals import SHUTDOWN_SIGNALS, name as signal_name
 from .watchdog_protocol import REASON_LEASE_EXPIRED, REASON_NOT_ACKNOWLEDGED
@@ -278,6 +278,12 @@ class Demote:
     """Signal mode: tell the command to stand down from *token* (answers: Demoted, then Acked, or
     ChildExited when it did not acknowledge within the grace period and was killed)."""
     token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaveQueue:
+    """Delete our entry in the queue of candidates: elected, we wait for nothing (no answer)."""
+    session: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -880,8 +886,12 @@ def _see_key(core: Core, kv: KeyState | None, now: float) -> tuple[Core, Actions
     wait = _unclean_release(core, kv, previous, p.holder_wait)
     lock_delay = (previous.lock_delay if previous and previous.lock_delay is not None else defaults.MAX_LOCK_DELAY)
     quick_until = now + lock_delay + defaults.LOCK_DELAY_MARGIN if previous is not None else p.quick_retry_until
-    core = _set(core, p, holder_wait=wait, quick_retry_until=quick_until,
-                next_at=now if (m.session is not None or p.next_at is None) else p.next_at)
+    if m.session is not None:
+        # A clean release names who comes next: the others let them try first (no herd).
+        next_at = now + turn(parse_identity(kv.value) if kv is not None else None, m.session) * defaults.HANDOVER_TURN
+    else:
+        next_at = now if p.next_at is None else p.next_at
+    core = _set(core, p, holder_wait=wait, quick_retry_until=quick_until, next_at=next_at)
     return core, actions
 
 
@@ -941,6 +951,8 @@ def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple
         Publish({"state": LEADER, "fencing_token": event.token, "lease_deadline": deadline, "leader": "self"}),
         Log(logging.INFO, f"elected leader of {c.key} (fencing token {event.token})"),
         *actions,
+        # Off the hot path: the next in the queue now waits on the key itself.
+        LeaveQueue(m.session),
     ]
 
 

@@ -8,6 +8,12 @@ other candidates two things they need for safety:
   consul-elect itself. A key freed any other way (an operator's `kv delete` or `?release=`)
   applies no lock-delay while the old command may still run, so a candidate waits for the old
   session to end first.
+- `next`: with `released`, the sessions the key is handed to, in turn (see queue_prefix).
+
+The queue of candidates: each session that campaigns holds an entry `<key>/.candidates/<session>`
+(acquired by that session, so a dead candidate's entry shows no session). The leader leaves
+the queue when elected; a clean release names the oldest live entries in `next`, and only they
+try the key at once: a handover costs the same few writes with two waiters or a hundred.
 """
 
 from __future__ import annotations
@@ -62,12 +68,48 @@ class Identity:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_value(self, session: str, since: str, released: bool = False) -> bytes:
+    def to_value(self, session: str, since: str, released: bool = False, successors: tuple = ()) -> bytes:
         doc = {IDENTITY_MARK: 1, **dataclasses.asdict(self), "session": session, "since": since}
         if released:
             doc["released"] = True
+            if successors:
+                doc["next"] = list(successors)
         return json.dumps(doc, sort_keys=True).encode()
 
+
+def queue_prefix(key: str) -> str:
+    return f"{key}/.candidates/"
+
+
+def queue_entry(key: str, session: str) -> str:
+    return queue_prefix(key) + session
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueEntry:
+    """One candidacy: *session* is None once the candidate's session ended (a dead entry)."""
+
+    key: str
+    session: str | None
+    create_index: int
+    value: bytes | None
+
+
+def successors(entries: list[QueueEntry], own: str | None, count: int) -> tuple[str, ...]:
+    """The live candidacies that come next, oldest first (never our own)."""
+    live = sorted((e for e in entries if e.session and e.session != own), key=lambda e: e.create_index)
+    return tuple(e.session for e in live[:count])
+
+
+def turn(holder: dict | None, session: str | None) -> int:
+    """Our place among the successors a clean release named: 0 for the first (or when it named
+    none: every waiter may try, as before there was a queue), len(next) when we are not named."""
+    if not holder or not holder.get("released") or session is None:
+        return 0
+    named = holder.get("next")
+    if not isinstance(named, list) or not named:
+        return 0
+    return named.index(session) if session in named else len(named)
 
 def parse_identity(value: bytes | None) -> dict | None:
     """The holder's identity, or None when the value is not one of ours."""

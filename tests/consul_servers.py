@@ -288,7 +288,8 @@ class ConsulAgent:
     """
 
     def __init__(self, consul_bin, base_dir=None, host="127.0.0.1", acl=False,
-                 master_token=None, node_name=None, start_timeout=20.0, session_ttl_min="1s", tls=None):
+                 master_token=None, node_name=None, start_timeout=20.0, session_ttl_min="1s", tls=None,
+                 extra_hcl=()):
         if tls not in (None, "tls", "mtls"):
             raise ValueError(f"tls must be None, 'tls' or 'mtls', not {tls!r}")
         self.consul_bin = consul_bin
@@ -296,6 +297,7 @@ class ConsulAgent:
         self.tls_dir = self.ca_file = self.other_ca_file = None   # set by _make_certificates()
         self.server_cert = self.server_key = self.client_cert = self.client_key = None
         self.session_ttl_min = session_ttl_min
+        self.extra_hcl = tuple(extra_hcl)
         self.host = host
         self.acl = acl
         self.master_token = (master_token or str(uuid.uuid4())) if acl else None
@@ -383,7 +385,7 @@ class ConsulAgent:
             f"-http-port={p['http']}", f"-dns-port={p['dns']}",
             f"-serf-lan-port={p['serf_lan']}", f"-serf-wan-port={p['serf_wan']}",
             f"-server-port={p['server']}", "-grpc-port=-1",
-            *_hcl(f'session_ttl_min = "{self.session_ttl_min}"', "disable_update_check = true"),
+            *_hcl(f'session_ttl_min = "{self.session_ttl_min}"', "disable_update_check = true", *self.extra_hcl),
         ]
         if self.acl:
             t = self.master_token

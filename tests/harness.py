@@ -153,6 +153,24 @@ def assert_no_overlap(path: Path, tokens_grow: bool = True) -> list[Life]:
     return lives
 
 
+def assert_at_most(path: Path, holders: int) -> list[Life]:
+    """Never more than *holders* children's [start, last record] intervals at one time (the
+    overlap checker for --holders N; assert_no_overlap is the case N = 1)."""
+    lives = read_lives(path)
+    moments = sorted([(life.start, 1, life) for life in lives] + [(life.end, 0, life) for life in lives],
+                     key=lambda m: (m[0], m[1]))  # at equal times an end comes before a start
+    running: list[Life] = []
+    for _, starting, life in moments:
+        if starting:
+            running.append(life)
+            assert len(running) <= holders, (
+                f"{len(running)} holders at once, more than {holders}: " + ", ".join(
+                    f"{r.name} (pid {r.pid}, token {r.token}, {r.start:.3f}-{r.end:.3f})" for r in running))
+        else:
+            running.remove(life)
+    return lives
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

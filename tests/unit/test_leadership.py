@@ -18,7 +18,7 @@ from consul_elect.errors import (
     ConsulTLSError, ConsulUnavailable, InternalError, LeadershipLost, LeadershipTimeout, NotAnElectKey,
     PermissionDenied, SessionGone, WatchdogFailed,
 )
-from consul_elect.lock_key import Identity, KeyState
+from consul_elect.lock_key import Identity, KeyState, QueueEntry, queue_entry, successors
 from consul_elect.state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN
 
 KEY = "svc/k"
@@ -284,6 +284,48 @@ def test_a_key_released_cleanly_is_acquired_at_once():
     s = Script().with_session(key=held("other"))
     s.step(L.KeyChanged(KeyState(None, 71, 1, identity_value("other", released=True)), 71))
     assert s.tick() == [L.Acquire("s1")]
+
+
+def handed_over(to):
+    ident = Identity("other", "host", 1, "t", "0", 1.73, 2.0)
+    return KeyState(None, 71, 1, ident.to_value("other", since="t", released=True, successors=to))
+
+
+@pytest.mark.parametrize("named, turn", [(("s1", "x", "y"), 0), (("x", "s1", "y"), 1), (("x", "y", "s1"), 2),
+                                         (("x", "y", "z"), 3), (("x",), 1), ((), 0)])
+def test_a_clean_release_lets_the_named_successors_try_first_in_turn(named, turn):
+    s = Script().with_session(key=held("other"))
+    s.step(L.KeyChanged(handed_over(named), 71))
+    assert L.wake_at(s.core) == pytest.approx(s.now + turn * defaults.HANDOVER_TURN)
+    assert s.tick() == [L.Acquire("s1")]
+
+
+def test_a_waiter_whose_turn_has_not_come_stands_back_when_the_successor_takes_the_key():
+    s = Script().with_session(key=held("other"))
+    s.step(L.KeyChanged(handed_over(("x", "s1")), 71))
+    s.step(L.KeyChanged(held("x", index=72), 72))
+    assert s.phase.next_at is None, "no acquire: x leads"
+    assert "following other (session x)" in s.logs()
+
+
+def test_a_freed_key_without_the_released_mark_ignores_any_successors_it_names():
+    """Only a clean release hands over; an unclean one still waits for the old session."""
+    ident = Identity("other", "host", 1, "t", "0", 1.73, 2.0)
+    doc = json.loads(ident.to_value("other", since="t"))
+    doc["next"] = ["x"]
+    s = Script().with_session(key=held("other"))
+    s.step(L.KeyChanged(KeyState(None, 71, 1, json.dumps(doc).encode()), 71))
+    assert s.tick() == [L.CheckHolder("other")]
+
+
+def test_successors_are_the_oldest_live_entries_never_our_own():
+    entries = [QueueEntry("k/.candidates/d", "d", 40, None), QueueEntry("k/.candidates/dead", None, 5, None),
+               QueueEntry("k/.candidates/b", "b", 20, None), QueueEntry("k/.candidates/me", "me", 10, None),
+               QueueEntry("k/.candidates/c", "c", 30, None), QueueEntry("k/.candidates/e", "e", 50, None)]
+    assert successors(entries, "me", 3) == ("b", "c", "d")
+    assert successors(entries, "me", 10) == ("b", "c", "d", "e")
+    assert successors([], "me", 3) == ()
+    assert queue_entry("svc/leader", "abc") == "svc/leader/.candidates/abc"
 
 
 @pytest.mark.parametrize("freed", [
