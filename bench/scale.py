@@ -56,10 +56,13 @@ def one_size(b: Bench, tool: Tool, size: int, handovers: int) -> dict:
         if leader is None:
             raise BenchError(f"{tool.label} x{size}: no leader within 60 s\n{log_tail(wrappers[names[0]])}")
         for _ in range(handovers):
-            current = max(tail.poll().lives.values(), key=lambda life: life["start"])
+            # The one beating now: under a start-up storm an early term can record its start late.
+            current = max(tail.poll().lives.values(), key=lambda life: life["end"])
             waiting = [w for n, w in wrappers.items() if n != current["name"]]
             if not poll_until(lambda: all(_waiting_any(tool, w) for w in waiting), 60 + 2 * size, 0.05):
-                raise BenchError(f"{tool.label} x{size}: not every wrapper waits")
+                idle = [n for n, w in wrappers.items() if n != current["name"] and not _waiting_any(tool, w)]
+                raise BenchError(f"{tool.label} x{size}: not every wrapper waits (leader {current['name']}): "
+                                 + ", ".join(idle[:10]) + "\n" + (log_tail(wrappers[idle[0]], 8) if idle else ""))
             time.sleep(1.0)
             t_sig = now()
             wrappers[current["name"]].send_signal(signal.SIGTERM)

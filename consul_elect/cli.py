@@ -185,6 +185,10 @@ def cli():
 @click.option("--hook-timeout", envvar="CONSUL_ELECT_HOOK_TIMEOUT", show_envvar=True, type=DURATION,
               default=format_duration(defaults.DEFAULT_HOOK_TIMEOUT), show_default=True,
               help="Kill a hook still running after this long (counted as a failure).")
+@click.option("--holders", envvar="CONSUL_ELECT_HOLDERS", show_envvar=True, type=int, default=defaults.DEFAULT_HOLDERS,
+              show_default=True, metavar="N",
+              help="How many candidates may lead at once (a semaphore, like consul lock -n); every candidate "
+                   "of a key must give the same N.")
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
 @click.option("--log-format", envvar="CONSUL_ELECT_LOG_FORMAT", show_envvar=True, type=click.Choice(logs.FORMATS),
@@ -192,7 +196,7 @@ def cli():
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhold_token, cgroup, port, bind, http_addr, token, token_file,
         ca_file, ca_path, client_cert, client_key, tls_server_name, datacenter, mode, elected_signal, demoted_signal,
-        role_file, on_elected, on_demoted, hook_timeout, verbose, quiet, log_format, command):
+        role_file, on_elected, on_demoted, hook_timeout, holders, verbose, quiet, log_format, command):
     """Campaign on KEY and run COMMAND only while leader.
 
     With --mode signal, COMMAND runs on every candidate and is told by signal (and
@@ -205,10 +209,11 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhol
 
     \b
     Exit status: the command's own (128+N if signal N killed it); 0 if stopped by
-    SIGTERM/SIGINT while not leading; 2 usage; 65 KEY holds another tool's data;
-    69 Consul unreachable; 70 internal failure (watchdog died or froze); 75 lost
-    leadership with --exit-on-loss; 77 ACL denied; 78 TLS misconfigured; 124
-    --timeout; 126 command not executable; 127 command not found.
+    SIGTERM/SIGINT while not leading; 2 usage; 65 KEY holds another tool's data
+    (or is used with another --holders); 69 Consul unreachable; 70 internal
+    failure (watchdog died or froze); 75 lost leadership with --exit-on-loss; 77
+    ACL denied; 78 TLS misconfigured; 124 --timeout; 126 command not executable;
+    127 command not found.
     """
     import socket
 
@@ -221,7 +226,7 @@ def run(key, name, ttl, lock_delay, grace, timeout, exit_on_loss, shell, withhol
         grace=grace, timeout=timeout, exit_on_loss=exit_on_loss, shell=shell, status_port=port, status_bind=bind,
         withhold_token=withhold_token, cgroup=cgroup, mode=mode.lower(), elected_signal=elected_signal,
         demoted_signal=demoted_signal, role_file=role_file, on_elected=on_elected or None,
-        on_demoted=on_demoted or None, hook_timeout=hook_timeout,
+        on_demoted=on_demoted or None, hook_timeout=hook_timeout, holders=holders,
         connection=build_connection(http_addr, token, token_file, ca_file, ca_path, client_cert, client_key,
                                     tls_server_name, datacenter),
     )
@@ -255,10 +260,10 @@ def status(key, as_json, watch, http_addr, token, token_file, ca_file, ca_path, 
     if not watch:
         report = read_status(connection, key)
         show(report)
-        if report.leader is None:
+        if not report.holders:
             # A key that never existed looks like an empty election: say which it is (a typo?).
             missing = " (the key does not exist: no candidate has campaigned on it; is the key right?)" \
-                if report.lock_index is None and not report.candidates else ""
+                if report.lock_index is None and not report.candidates and report.limit == 1 else ""
             click.echo(f"consul-elect: nobody leads {key}{missing}", err=True)
             return exit_codes.NO_LEADER
         return exit_codes.OK

@@ -79,6 +79,11 @@ HOLDER_POLL = 0.1
 # turn is long enough for a live successor's acquire under load, short enough that a dead one
 # costs little.
 HANDOVER_SUCCESSORS = 3
+# --holders: one holder is the classic leader election (the key itself is the lock); more are
+# slots of their own (see slots.py). Each holder keeps a session and a blocking query, and every
+# candidate follows all the slots: past a few dozen, one key is no longer the right tool.
+DEFAULT_HOLDERS = 1
+MAX_HOLDERS = 64
 HANDOVER_TURN = 0.2
 # After SIGKILL, how long to wait for the kernel to let the command's processes die before
 # reporting them as survivors.
@@ -231,6 +236,8 @@ class Config:
     on_elected: str | None = None
     on_demoted: str | None = None
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    # How many candidates may lead at once (see slots.py).
+    holders: int = DEFAULT_HOLDERS
 
     def __post_init__(self) -> None:
         validate_key(self.key)
@@ -272,6 +279,8 @@ class Config:
             raise UsageError(f"--role-file must name a file, got {self.role_file!r}")
         if not self.hook_timeout > 0:
             raise UsageError(f"--hook-timeout must be greater than 0, got {self.hook_timeout:g}s")
+        if not 1 <= self.holders <= MAX_HOLDERS:
+            raise UsageError(f"--holders must be between 1 and {MAX_HOLDERS}, got {self.holders}")
 
     @property
     def signal_mode(self) -> bool:

@@ -157,16 +157,24 @@ class ConsulClient:
             return consul_index, None
         entries = self._json(data, "key read")
         try:
-            kv = entries[0]
-            value = kv.get("Value")
-            return consul_index, KeyState(
-                session=kv.get("Session") or None,
-                modify_index=int(kv["ModifyIndex"]),
-                lock_index=int(kv.get("LockIndex", 0)),
-                value=base64.b64decode(value, validate=True) if value is not None else None,
-            )
+            return consul_index, _key_state(entries[0])
         except _SHAPE_ERRORS as e:
             raise self._bad_answer("key read", e) from None
+
+    def read_prefix(self, prefix: str, index: int = 0, wait: float | None = None,
+                    timeout: float | None = None) -> tuple[int, list[tuple[str, KeyState]]]:
+        """Like read_key, for every key under *prefix* (--holders: the slots)."""
+        if timeout is None:
+            timeout = _blocking_timeout(wait) if index else defaults.REQUEST_TIMEOUT
+        params = {**_blocking_params(index, wait), "recurse": None, "consistent": None}
+        status, headers, data = self._request("GET", f"/v1/kv/{prefix}", params, timeout=timeout, ok=(200, 404))
+        consul_index = self._index(headers, "prefix read")
+        if status == 404:
+            return consul_index, []
+        try:
+            return consul_index, [(kv["Key"], _key_state(kv)) for kv in self._json(data, "prefix read")]
+        except _SHAPE_ERRORS as e:
+            raise self._bad_answer("prefix read", e) from None
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -197,6 +205,16 @@ class ConsulClient:
             raise self._t.error(ConsulUnavailable, f"the server at {self.conn.url} answered the {what} without a valid "
                                                    "X-Consul-Index, unlike a Consul agent: check the address")
         return int(text)
+
+
+def _key_state(kv: dict) -> KeyState:
+    value = kv.get("Value")
+    return KeyState(
+        session=kv.get("Session") or None,
+        modify_index=int(kv["ModifyIndex"]),
+        lock_index=int(kv.get("LockIndex", 0)),
+        value=base64.b64decode(value, validate=True) if value is not None else None,
+    )
 
 
 def _blocking_params(index: int | None, wait: float | None) -> dict:

@@ -25,8 +25,8 @@ from . import watchdog_protocol as proto
 from .clock import utc_now_iso
 from .config import Config
 from .consul_api import ConsulClient
-from .elector import KeyWatcher, SessionKeeper
-from .errors import ConsulError, UsageError
+from .elector import KeyWatcher, SessionKeeper, SlotsRead
+from .errors import ConsulError, HoldersMismatch, UsageError
 from .hooks import Hooks
 from .leadership import (
     Acked, Acquire, Acquired, AcquireRefused, CheckAck, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect,
@@ -36,7 +36,8 @@ from .leadership import (
     Spawned, SpawnFailed, StartCommand, StopChild, TellLeader, Tick, WatchdogLost, WatchdogUnresponsive,
 )
 from . import lock_key
-from .lock_key import Identity, session_name
+from .lock_key import Identity, parse_identity, session_name
+from .slots import SlotView, conflict, parse_slots, slot_key, slot_prefix
 from .signals import FORWARDED_SIGNALS, SHUTDOWN_SIGNALS
 from .state import ElectionState
 from .watchdog import WatchdogLink
@@ -60,7 +61,8 @@ class Driver:
         self.config = config
         self.watchdog = watchdog
         self.state = ElectionState(config.key, config.name)
-        self.identity = Identity.of_this_process(config.name, config.lease_window, config.lock_delay)
+        self.identity = Identity.of_this_process(config.name, config.lease_window, config.lock_delay,
+                                                 holders=config.holders)
         # SimpleQueue.put is reentrant, so signal handlers may post to it safely.
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.client = ConsulClient(config.connection)
@@ -82,6 +84,10 @@ class Driver:
         # what a read of the queue found while our command stopped, for the release to name.
         self.queued: str | None = None
         self.elected_session: str | None = None
+        # --holders: which slot the core sees (None: one holder, the key itself is the lock),
+        # and the key we hold (the key, or our slot).
+        self.slot_view = SlotView(config.holders) if config.holders > 1 else None
+        self.elected_key: str | None = None
         self.successors: tuple[str, tuple[str, ...]] | None = None  # (for our session, who)
         self.dead_entries: tuple[str, ...] = ()
 
@@ -120,9 +126,11 @@ class Driver:
             # Started after the fork, so the watchdog does not hold the port open.
             self.status_server = StatusServer(self.state, self.config.status_bind, self.config.status_port).start()
             self.identity = Identity.of_this_process(self.config.name, self.config.lease_window,
-                                                     self.config.lock_delay, self._public_status_address())
+                                                     self.config.lock_delay, self._public_status_address(),
+                                                     self.config.holders)
         self._install_signal_handlers()
-        self.watcher = KeyWatcher(self.config, self.events.put)
+        self.watcher = KeyWatcher(self.config, self.events.put,
+                                  lambda: self.core.memory.session if self.core is not None else None)
         self.watcher.start()
 
     def _close(self) -> None:
@@ -221,6 +229,10 @@ class Driver:
             if isinstance(event, _Reap):
                 supervisor.reap_all()
                 continue
+            if isinstance(event, SlotsRead):
+                session = self.core.memory.session if self.core is not None else None
+                slot, state, before = self.slot_view.see(event.slots, session)
+                event = leadership.KeyChanged(state, event.index, slot, before)
             if isinstance(event, leadership.Renewed):
                 self.state.renewed(event.latency)
             if isinstance(event, Spawned):
@@ -307,7 +319,7 @@ class Driver:
             self.hooks.start(action.hook, self.config.hook_command(action.hook), self._hook_env(action))
         elif isinstance(action, SendLease):
             value = self.identity.to_value(action.session, self.leader_since or utc_now_iso(), released=True)
-            self.watchdog.send(proto.SetLease(action.deadline, value.decode()))
+            self.watchdog.send(proto.SetLease(action.deadline, value.decode(), self.elected_key or ""))
         elif isinstance(action, StopChild):
             self.watchdog.send(proto.Stop(action.grace))
             self._read_successors(self.core.memory.session)
@@ -345,8 +357,7 @@ class Driver:
         c = self.config
         try:
             if isinstance(action, CheckKey):
-                _, kv = self.client.read_key(c.key, consistent=False)
-                return KeyRead(kv)
+                return self._check_key()
             if isinstance(action, OpenSession):
                 sent_at = clock.now()
                 session = self.client.create_session(session_name(c.key, c.name), c.ttl, c.lock_delay)
@@ -360,12 +371,13 @@ class Driver:
                 value = self.identity.to_value(action.session, since=since)
                 sent_at = clock.now()
                 # An answer later than the lease window would be useless: expired on arrival.
-                token = self.client.acquire(c.key, action.session, value,
+                key = c.key if self.slot_view is None else slot_key(c.key, self.core.memory.slot)
+                token = self.client.acquire(key, action.session, value,
                                             timeout=min(defaults.REQUEST_TIMEOUT, c.lease_window))
                 if token is None:
                     return AcquireRefused()
                 self.leader_since = since
-                self.elected_session = action.session
+                self.elected_session, self.elected_key = action.session, key
                 return Acquired(token, sent_at)
             if isinstance(action, CheckHolder):
                 return HolderChecked(action.session, self.client.session_info(action.session) is not None)
@@ -399,16 +411,39 @@ class Driver:
             self._read_successors(session)
         successors = self.successors[1] if self.successors is not None and self.successors[0] == session else ()
         self.successors = None
-        self.elected_session = None
+        key = self.elected_key if self.elected_session == session else self.config.key
+        self.elected_session = self.elected_key = None
+        if self.slot_view is not None and key == self.config.key:
+            return  # with --holders the key itself is nobody's lock: no slot of ours to release
         try:
             # Marked `released`: candidates know the command is confirmed gone and need not
             # wait; `next` says which of them try first.
             value = self.identity.to_value(session, self.leader_since or utc_now_iso(), released=True,
                                            successors=successors)
-            if self.client.release(self.config.key, session, value, timeout=defaults.REQUEST_TIMEOUT):
-                log.info("released %s", self.config.key)
+            if self.client.release(key, session, value, timeout=defaults.REQUEST_TIMEOUT):
+                log.info("released %s", key)
         except ConsulError as e:
-            log.warning("could not release %s (Consul will when the session ends): %s", self.config.key, e)
+            log.warning("could not release %s (Consul will when the session ends): %s", key, e)
+
+    def _check_key(self):
+        """CheckKey: the key (or the slots) before we campaign, and candidates that disagree on
+        --holders (together they would allow more holders than either says)."""
+        c = self.config
+        _, entries = self.client.read_prefix(slot_prefix(c.key))
+        clash = conflict(c.key, entries, c.holders)
+        _, kv = self.client.read_key(c.key, consistent=False)
+        if self.slot_view is None:
+            if clash is None:
+                return KeyRead(kv)
+        else:
+            holder = parse_identity(kv.value) if kv is not None else None
+            if clash is None and kv is not None and kv.session is not None and holder is not None:
+                clash = f"{c.key} itself is held by {holder.get('name')}, a candidate with --holders 1"
+            if clash is None:
+                slot, state, _ = self.slot_view.see(parse_slots(c.key, entries, c.holders), None)
+                return KeyRead(state, slot)
+        return RequestFailed(HoldersMismatch(f"refusing to campaign: {clash}; every candidate of {c.key} must give "
+                                             "the same --holders"))
 
     # -- the queue of candidates ----------------------------------------------------------------
 
@@ -479,6 +514,10 @@ class Driver:
         }
         if self.config.role_file_path is not None:
             env["CONSUL_ELECT_ROLE_FILE"] = self.config.role_file_path
+        if self.slot_view is not None:
+            # Which of the N holders this is: lets a pool of workers split the work.
+            env["CONSUL_ELECT_SLOT"] = str(self.core.memory.slot)
+            env["CONSUL_ELECT_HOLDERS"] = str(self.config.holders)
         return env
 
     def _role_env(self) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 - SessionKeeper renews one session and reports each proof of life with the time read just
   before the request was sent (the lease counts from send time, never from receive time).
-- KeyWatcher follows the lock key with consistent blocking queries.
+- KeyWatcher follows the lock key with consistent blocking queries (with --holders, all the
+  slots with one query on their prefix: the driver picks the slot the core sees).
 
 Neither may die silently: an unexpected error is posted as ThreadFailed, which stops the
 command and ends the process visibly (exit 70), and /health turns 503 meanwhile.
@@ -20,6 +21,8 @@ from .config import Config
 from .consul_api import ConsulClient
 from .errors import ConsulError, SessionGone
 from .leadership import KeyChanged, RenewFailed, Renewed, SessionEnded, ThreadFailed, WatchFailed
+from .lock_key import parse_identity, turn
+from .slots import parse_slots, slot_prefix
 
 Post = Callable[[object], None]
 
@@ -88,17 +91,45 @@ class SessionKeeper(threading.Thread):
                 self.post(Renewed(self.session, sent_at, clock.now() - sent_at))
 
 
+class SlotsRead:
+    """--holders: every slot as the watcher read it ({slot: state or None}); the driver turns
+    it into the KeyChanged the core sees."""
+
+    def __init__(self, slots: dict, index: int) -> None:
+        self.slots, self.index = slots, index
+
+
 class KeyWatcher(BlockingQueryLoop):
     """Follows the key; posts KeyChanged on each change (and on the first answer after a
-    failure, so the leader knows its watch is back) and WatchFailed on errors."""
+    failure, so the leader knows its watch is back) and WatchFailed on errors.
 
-    def __init__(self, config: Config, post: Post) -> None:
+    A clean release that names other successors before us is held back for our turn: neither
+    the driver nor (with the next query) this thread wakes again until then, so a handover
+    among many waiters wakes each of them once, briefly, and the named successor is left the
+    CPU it needs. *session* says whose turn to look for (the driver's current session).
+    """
+
+    def __init__(self, config: Config, post: Post, session: Callable[[], str | None] = lambda: None) -> None:
         self._last: object = object()
         self._failed = False
         self._post = post
-        super().__init__("key-watcher", config.connection,
-                         lambda client, index: client.read_key(config.key, index=index, wait=defaults.WATCH_WAIT),
-                         self._answer, self._error)
+        self._session = session
+        self._held: tuple[float, float] | None = None  # (since, for how long) a release was held back
+        self._slots = config.holders > 1
+        if self._slots:
+            def fetch(client, index):
+                index, entries = client.read_prefix(slot_prefix(config.key), index=index, wait=defaults.WATCH_WAIT)
+                return index, parse_slots(config.key, entries, config.holders)
+        else:
+            def fetch(client, index):
+                if self._held is not None:
+                    # Our turn has come: what is the key now? (A blocking query would not
+                    # answer if the key stayed as it was: free, the successors gone.)
+                    since, hold = self._held
+                    self.stopped.wait(max(0.0, since + hold - clock.now()))
+                    index = 0
+                return client.read_key(config.key, index=index, wait=defaults.WATCH_WAIT)
+        super().__init__("key-watcher", config.connection, fetch, self._answer, self._error)
 
     def run(self) -> None:
         try:
@@ -111,6 +142,20 @@ class KeyWatcher(BlockingQueryLoop):
         self._post(WatchFailed(error))
 
     def _answer(self, index: int, state) -> None:
-        if state != self._last or self._failed:
+        if self._slots:
+            if state != self._last or self._failed:
+                self._last, self._failed = state, False
+                self._post(SlotsRead(state, index))
+            return
+        waited = 0.0
+        if self._held is not None:
+            since, hold = self._held
+            self._held, waited = None, clock.now() - since
+        elif state is not None and state.session is None and not self._failed:
+            hold = turn(parse_identity(state.value), self._session()) * defaults.HANDOVER_TURN
+            if hold > 0:
+                self._held = (clock.now(), hold)
+                return
+        if state != self._last or self._failed or waited:
             self._last, self._failed = state, False
-            self._post(KeyChanged(state, index))
+            self._post(KeyChanged(state, index, waited=waited))

@@ -61,6 +61,10 @@ class NotAnElectKey(ElectError):
     """The key exists but its value is not a consul-elect identity."""
 
 
+class HoldersMismatch(NotAnElectKey):
+    """Candidates of one key disagree on --holders: together they would allow more holders than either says."""
+
+
 class InternalError(ElectError):
     """A part of consul-elect failed unexpectedly (a bug): the command was stopped, the process exits."""
 

@@ -71,15 +71,21 @@ class Tick:
 
 @dataclasses.dataclass(frozen=True)
 class KeyRead:
-    """The answer to CheckKey: the key as it is before we campaign."""
+    """The answer to CheckKey: the key as it is before we campaign (with --holders, *slot*'s)."""
     key: KeyState | None
+    slot: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class KeyChanged:
-    """The key watcher's news; *index* is Consul's index of the answer."""
+    """The key watcher's news; *index* is Consul's index of the answer. With --holders, the key
+    is slot *slot* (slots.view picks it) and *before* its state when last seen held."""
     key: KeyState | None
     index: int
+    slot: int = 0
+    before: KeyState | None = None
+    # How long the watcher held this news back already, for our turn after a clean release.
+    waited: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,6 +499,8 @@ class Memory:
     command_pid: int | None = None
     # The term whose on-elected hook ran and whose on-demoted hook has not: hooks come in pairs.
     hook_term: int | None = None
+    # --holders: the slot `key` is (the one we campaign on, or hold).
+    slot: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -721,6 +729,7 @@ def _checking(core: Core, p: Checking, event, now: float, rand: float):
         return core, []
     if isinstance(event, KeyRead):
         core, actions = _consul_up(core)
+        core = _with_memory(core, slot=event.slot)
         kv = event.key
         if kv is not None and kv.value and parse_identity(kv.value) is None:
             return _leave(core, now, Exit(error=NotAnElectKey(
@@ -744,7 +753,7 @@ def _checking(core: Core, p: Checking, event, now: float, rand: float):
         phase = dataclasses.replace(p, next_at=now + delay, backoff=_next_backoff(p.backoff))
         return dataclasses.replace(core, phase=phase), actions + _published_state(core)
     if isinstance(event, KeyChanged):
-        return _with_memory(core, key=event.key), []
+        return _with_memory(core, key=event.key, slot=event.slot), []
     return _not_leading(core, event, now)
 
 
@@ -846,18 +855,33 @@ def _campaigning(core: Core, p: Campaigning, event, now: float, rand: float):
             EndSession(event.session, release=False), Publish({"session": None})]
     if isinstance(event, KeyChanged):
         core, actions = _consul_up(core)
-        core, seen = _see_key(core, event.key, now)
+        if event.slot != m.slot:
+            core = _switch_slot(core, event)
+        core, seen = _see_key(core, event.key, now, event.waited)
         return core, actions + seen
     if isinstance(event, ChildExited) and m.command_pid is not None and event.pid in (m.command_pid, None):
         return _command_ended(core, event, now)
     return _not_leading(core, event, now)
 
 
+def _switch_slot(core: Core, event: KeyChanged) -> Core:
+    """--holders: we now look at another slot. Its holder as last seen is the previous holder (a
+    slot freed without the `released` mark is waited on as the single key is); a wait about the
+    other slot's holder does not bind this one."""
+    before = event.before
+    holder = None
+    if before is not None and before.session is not None and before.session != core.memory.session:
+        ident = parse_identity(before.value) or {}
+        holder = Holder(before.session, _number(ident.get("lease_window")), _number(ident.get("lock_delay")))
+    core = _with_memory(core, slot=event.slot, key=before, holder=holder)
+    return _set(core, core.phase, holder_wait=None)
+
+
 def _set(core: Core, phase, **fields) -> Core:
     return dataclasses.replace(core, phase=dataclasses.replace(phase, **fields))
 
 
-def _see_key(core: Core, kv: KeyState | None, now: float) -> tuple[Core, Actions]:
+def _see_key(core: Core, kv: KeyState | None, now: float, waited: float = 0.0) -> tuple[Core, Actions]:
     """Follow who leads while we campaign, and decide when it is safe to try the key."""
     p: Campaigning = core.phase
     m = core.memory
@@ -888,7 +912,8 @@ def _see_key(core: Core, kv: KeyState | None, now: float) -> tuple[Core, Actions
     quick_until = now + lock_delay + defaults.LOCK_DELAY_MARGIN if previous is not None else p.quick_retry_until
     if m.session is not None:
         # A clean release names who comes next: the others let them try first (no herd).
-        next_at = now + turn(parse_identity(kv.value) if kv is not None else None, m.session) * defaults.HANDOVER_TURN
+        ours = turn(parse_identity(kv.value) if kv is not None else None, m.session) * defaults.HANDOVER_TURN
+        next_at = now + max(0.0, ours - waited)
     else:
         next_at = now if p.next_at is None else p.next_at
     core = _set(core, p, holder_wait=wait, quick_retry_until=quick_until, next_at=next_at)
@@ -949,7 +974,8 @@ def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple
         # of it is gone: get a fresh proof at once.
         SetRenewInterval(c.renew_interval, renew_now=now - event.sent_at > c.renew_interval),
         Publish({"state": LEADER, "fencing_token": event.token, "lease_deadline": deadline, "leader": "self"}),
-        Log(logging.INFO, f"elected leader of {c.key} (fencing token {event.token})"),
+        Log(logging.INFO, f"elected leader of {c.key} ({f'slot {m.slot}, ' if c.holders > 1 else ''}"
+                          f"fencing token {event.token})"),
         *actions,
         # Off the hot path: the next in the queue now waits on the key itself.
         LeaveQueue(m.session),
@@ -1269,7 +1295,7 @@ def _starting(core: Core, p: Starting, event, now: float, rand: float):
     if isinstance(event, Tick):
         return _out_of_patience(core, p.started_at, now) or (core, [])
     if isinstance(event, KeyChanged):
-        return _with_memory(core, key=event.key), []
+        return _with_memory(core, key=event.key, slot=event.slot), []
     return _not_leading(core, event, now)
 
 

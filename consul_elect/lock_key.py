@@ -58,12 +58,14 @@ class Identity:
     lease_window: float
     lock_delay: float
     status_address: str | None = None
+    # --holders: candidates that disagree would together allow more holders than either says.
+    holders: int = 1
 
     @classmethod
     def of_this_process(cls, name: str, lease_window: float, lock_delay: float,
-                        status_address: str | None = None) -> Identity:
+                        status_address: str | None = None, holders: int = 1) -> Identity:
         return cls(name, socket.gethostname(), os.getpid(), utc_now_iso(), __version__,
-                   round(lease_window, 3), lock_delay, status_address)
+                   round(lease_window, 3), lock_delay, status_address, holders)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,7 +6,9 @@ candidate is down. Two sources are enough:
     session, its ModifyIndex the fencing token the leader's child was given;
   * the session list: every candidate names its session `session_name(key, name)`, and a
     session dies with its candidate (TTL, or destroyed on exit), so the waiting candidates are
-    exactly the live sessions named for the key, minus the leader's.
+    exactly the live sessions named for the key, minus the leaders'.
+With --holders N the locks are the slots under the key (slots.py), read with one more query:
+each held slot is a holder with its own fencing token.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .config import Connection
 from .consul_api import ConsulClient
 from .lock_key import KeyState
 from .lock_key import parse_identity, session_name
+from .slots import slot_prefix
 from .errors import ConsulError, ConsulUnavailable, NotAnElectKey
 
 
@@ -33,6 +36,13 @@ class Leader:
     since: str | None
     session: str
     node: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder(Leader):
+    """One holder with --holders N (or the leader): its slot (None: the key itself) and token."""
+    slot: int | None = None
+    fencing_token: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +61,30 @@ class StatusReport:
     fencing_token: int | None
     # How many times the key has been acquired (None when the key does not exist).
     lock_index: int | None
-    # Oldest session first. Consul does not queue lock waiters: this is not who leads next.
+    # Oldest session first: a clean handover names the first ones to take over, in this order
+    # (a crash lets any of them win).
     candidates: tuple[Candidate, ...]
+    # Everyone who leads: the leader, or with --holders N each slot's holder (then `leader` and
+    # `fencing_token` are None: there is no one leader). `limit`: N (1 for the key itself).
+    holders: tuple[Holder, ...] = ()
+    limit: int = 1
 
     def to_dict(self) -> dict:
         """The --json document. Scripts depend on these names: add fields, never rename them."""
-        return {**dataclasses.asdict(self), "candidates": [dataclasses.asdict(c) for c in self.candidates]}
+        return {**dataclasses.asdict(self), "candidates": [dataclasses.asdict(c) for c in self.candidates],
+                "holders": [dataclasses.asdict(h) for h in self.holders]}
 
 
-def build_report(key: str, kv: KeyState | None, sessions: list[dict]) -> StatusReport:
-    """The report for one reading of the key and the session list; NotAnElectKey if the key is not ours."""
+def _holder(ident: dict, state: KeyState, nodes: dict, slot: int | None) -> Holder:
+    return Holder(name=ident.get("name"), host=ident.get("host"), pid=ident.get("pid"),
+                  status_address=ident.get("status_address"), since=ident.get("since"), session=state.session,
+                  node=nodes.get(state.session), slot=slot, fencing_token=state.modify_index)
+
+
+def build_report(key: str, kv: KeyState | None, sessions: list[dict],
+                 slots: list[tuple[str, KeyState]] = ()) -> StatusReport:
+    """The report for one reading of the key, the session list and the slots; NotAnElectKey if
+    the key is not ours."""
     holder = parse_identity(kv.value) if kv is not None else None
     # A released key keeps an empty value (or the last leader's identity if its session
     # expired); anything else there, or any holder that did not write our identity, means
@@ -74,9 +98,21 @@ def build_report(key: str, kv: KeyState | None, sessions: list[dict]) -> StatusR
         leader = Leader(name=holder.get("name"), host=holder.get("host"), pid=holder.get("pid"),
                         status_address=holder.get("status_address"), since=holder.get("since"),
                         session=kv.session, node=nodes.get(kv.session))
+    holders, limit = [], 1
+    if leader is not None:
+        holders.append(_holder(holder, kv, nodes, None))
+    for name, state in slots:
+        ident = parse_identity(state.value)
+        slot = name[len(slot_prefix(key)):]
+        if ident is not None and isinstance(ident.get("holders"), int):
+            limit = max(limit, ident["holders"])
+        if state.session is not None and ident is not None and slot.isdigit():
+            holders.append(_holder(ident, state, nodes, int(slot)))
+    if slots:
+        limit = max(limit, len(slots))
     prefix = session_name(key, "")
-    waiting = sorted((s for s in sessions if (s.get("Name") or "").startswith(prefix)
-                      and (leader is None or s["ID"] != leader.session)),
+    held = {h.session for h in holders}
+    waiting = sorted((s for s in sessions if (s.get("Name") or "").startswith(prefix) and s["ID"] not in held),
                      key=lambda s: s.get("CreateIndex", 0))
     return StatusReport(
         key=key,
@@ -84,6 +120,8 @@ def build_report(key: str, kv: KeyState | None, sessions: list[dict]) -> StatusR
         fencing_token=kv.modify_index if leader else None,
         lock_index=kv.lock_index if kv is not None else None,
         candidates=tuple(Candidate(s["Name"][len(prefix):], s["ID"], s.get("Node")) for s in waiting),
+        holders=tuple(sorted(holders, key=lambda h: -1 if h.slot is None else h.slot)),
+        limit=limit,
     )
 
 
@@ -92,8 +130,9 @@ def read_status(connection: Connection, key: str) -> StatusReport:
     # The key first: the session list read after it then already holds the leader's session
     # (created before it acquired), so the leader's node is known.
     _, kv = client.read_key(key)
+    _, slots = client.read_prefix(slot_prefix(key))
     _, sessions = client.list_sessions()
-    return build_report(key, kv, sessions)
+    return build_report(key, kv, sessions, slots)
 
 
 def watch_status(connection: Connection, key: str) -> Iterator[StatusReport | ConsulUnavailable]:
@@ -113,6 +152,7 @@ def watch_status(connection: Connection, key: str) -> Iterator[StatusReport | Co
     followers = [
         follow("key", lambda c, i: c.read_key(key, index=i, wait=defaults.WATCH_WAIT)),
         follow("sessions", lambda c, i: c.list_sessions(index=i, wait=defaults.WATCH_WAIT)),
+        follow("slots", lambda c, i: c.read_prefix(slot_prefix(key), index=i, wait=defaults.WATCH_WAIT)),
     ]
     latest: dict = {}
     shown: StatusReport | None = None
@@ -134,7 +174,7 @@ def watch_status(connection: Connection, key: str) -> Iterator[StatusReport | Co
             latest[source] = result
             if len(latest) < len(followers):
                 continue
-            report = build_report(key, latest["key"], latest["sessions"])
+            report = build_report(key, latest["key"], latest["sessions"], latest["slots"])
             # After an outage the same report is news: it says the view is current again.
             if report != shown or in_outage:
                 in_outage = False
@@ -151,10 +191,12 @@ def render(report: StatusReport):
     from rich.table import Table
     from rich.text import Text
 
-    if report.leader is None:
-        title = f"{report.key}: nobody leads"
-    else:
+    if report.leader is not None:
         title = f"{report.key}: fencing token {report.fencing_token}, lock index {report.lock_index}"
+    elif report.holders:
+        title = f"{report.key}: {len(report.holders)} of {report.limit} holders"
+    else:
+        title = f"{report.key}: nobody leads"
     table = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False)
     table.add_column("ROLE", no_wrap=True)
@@ -170,8 +212,15 @@ def render(report: StatusReport):
             details.append(f"status {leader.status_address}")
         table.add_row(Text("leader", style="green"), Text(str(leader.name)), Text(leader.node or "?"),
                       leader.session[:8], Text("\n".join(details)))
+    for holder in report.holders if report.leader is None else ():
+        details = [f"slot {holder.slot}, fencing token {holder.fencing_token}", f"pid {holder.pid} on {holder.host}",
+                   f"since {holder.since}"]
+        if holder.status_address:
+            details.append(f"status {holder.status_address}")
+        table.add_row(Text("holder", style="green"), Text(str(holder.name)), Text(holder.node or "?"),
+                      holder.session[:8], Text("\n".join(details)))
     for candidate in report.candidates:
         table.add_row("waiting", Text(candidate.name), Text(candidate.node or "?"), candidate.session[:8], "")
-    if report.leader is None and not report.candidates:
+    if not report.holders and not report.candidates:
         table.add_row(Text("none", style="dim"), "", "", "", "")
     return table

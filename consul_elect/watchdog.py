@@ -84,6 +84,7 @@ class Watchdog:
         self.session: str | None = None
         self.deadline: float | None = None
         self.release_value: str = ""
+        self.release_key: str = config.key  # with --holders, the slot we hold (SetLease says)
         self.run: Run | None = None
         # What survived a run's SIGKILL (processes we may not signal): never forgotten until gone.
         self.leftover: containment.Containment | None = None
@@ -186,6 +187,7 @@ class Watchdog:
             self.session = msg.session
         elif isinstance(msg, proto.SetLease):
             self.deadline, self.release_value = msg.deadline, msg.release_value
+            self.release_key = msg.key or self.config.key
             self._write_lease_file()
             if self.role[0] == role_file.LEADER:
                 self._write_role(*self.role)  # the new lease deadline
@@ -474,7 +476,7 @@ class Watchdog:
 
     def _release_key(self) -> None:
         if self.session is not None:
-            put_once(self.config.connection, f"/v1/kv/{self.config.key}", CLEANUP_TIMEOUT,
+            put_once(self.config.connection, f"/v1/kv/{self.release_key}", CLEANUP_TIMEOUT,
                      params={"release": self.session}, body=self.release_value.encode())
 
     def _elector_gone(self) -> None:

@@ -36,6 +36,7 @@ class SetLease:
     """
     deadline: float
     release_value: str
+    key: str = ""  # the key (with --holders, the slot) to release; "" for the configured key
 
 
 @dataclasses.dataclass(frozen=True)

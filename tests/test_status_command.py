@@ -84,7 +84,8 @@ def test_json_shows_leader_fencing_token_and_waiting_candidates(consul_agent, ca
 
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert list(doc) == ["key", "leader", "fencing_token", "lock_index", "candidates"]
+    # Fields are only ever added (holders, limit: --holders), never renamed.
+    assert list(doc) == ["key", "leader", "fencing_token", "lock_index", "candidates", "holders", "limit"]
     assert doc["key"] == "svc/json"
     leader = doc["leader"]
     assert list(leader) == ["name", "host", "pid", "status_address", "since", "session", "node"]
@@ -97,6 +98,7 @@ def test_json_shows_leader_fencing_token_and_waiting_candidates(consul_agent, ca
     assert sorted(c["name"] for c in doc["candidates"]) == waiting
     assert {c["node"] for c in doc["candidates"]} == {consul_agent.node_name}
     assert leader["session"] not in {c["session"] for c in doc["candidates"]}
+    assert doc["holders"] == [{**leader, "slot": None, "fencing_token": modify_index}] and doc["limit"] == 1
 
 
 def test_human_output_names_the_leader_of_the_key_from_the_environment(consul_agent, candidates):

@@ -300,6 +300,14 @@ def test_a_clean_release_lets_the_named_successors_try_first_in_turn(named, turn
     assert s.tick() == [L.Acquire("s1")]
 
 
+def test_news_the_watcher_held_back_for_our_turn_counts_the_time_already_waited():
+    s = Script().with_session(key=held("other"))
+    s.step(L.KeyChanged(handed_over(("x", "y", "s1")), 71, waited=0.3))
+    assert L.wake_at(s.core) == pytest.approx(s.now + 2 * defaults.HANDOVER_TURN - 0.3)
+    s.step(L.KeyChanged(handed_over(("x", "s1")), 72, waited=5.0))
+    assert L.wake_at(s.core) == pytest.approx(s.now), "a turn long past: try at once"
+
+
 def test_a_waiter_whose_turn_has_not_come_stands_back_when_the_successor_takes_the_key():
     s = Script().with_session(key=held("other"))
     s.step(L.KeyChanged(handed_over(("x", "s1")), 71))
