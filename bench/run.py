@@ -181,7 +181,9 @@ class Tool:
         argv = self.bench.child.argv(events, name, beat_ms)
         if self.is_elect:
             options = [*self.options, "--shell"] if self.shell else list(self.options)
-            return self.bench.started(Candidate(http_addr, key, name, wd, argv, options))
+            # Hot-path timestamps (consul_elect/trace.py) for the handover's split.
+            env = {"CONSUL_ELECT_TRACE": str(wd / TRACE_FILE)}
+            return self.bench.started(Candidate(http_addr, key, name, wd, argv, options, env))
         env = {"SHELL": "/bin/sh"} if self.shell else None
         return self.bench.started(LockHolder(self.bench.consul_bin, http_addr, key, name, wd, argv, self.shell, env))
 
@@ -246,7 +248,8 @@ def fig_handover(b: Bench, tool: Tool, reps: int, tag: str) -> dict:
             except subprocess.TimeoutExpired:
                 code = None
             samples.append({"old_pid": old["pid"], "new_pid": new["pid"], "t_sigterm": t_sig,
-                            "old_survived": survived, "wrapper_exit": code})
+                            "old_survived": survived, "wrapper_exit": code,
+                            "old_wrapper": leader.pid, "new_wrapper": standby.pid})
             if survived:
                 kill_owned(b.child, [old["pid"]])
             b.release(leader)
@@ -264,6 +267,7 @@ def fig_handover(b: Bench, tool: Tool, reps: int, tag: str) -> dict:
         s["from_sigterm_s"] = new.start - s.pop("t_sigterm")
     clean = [s["gap_s"] for s in samples if not s["old_survived"] and s["gap_s"] >= 0]
     phases = elect_phases(wd, names, samples, lives) if tool.is_elect else None
+    steps = trace_steps(wd / TRACE_FILE, samples, lives) if tool.is_elect else None
     return {
         "flags": tool.describe(),
         "n": len(samples),
@@ -275,6 +279,7 @@ def fig_handover(b: Bench, tool: Tool, reps: int, tag: str) -> dict:
         "old_child_survived": sum(s["old_survived"] for s in samples),
         "overlaps": sum(s["gap_s"] < 0 for s in samples),
         "phases_median_s": phases,
+        "steps_median_s": steps,
         "samples": samples,
     }
 
@@ -314,6 +319,47 @@ def elect_phases(wd: Path, names: list[str], samples: list[dict], lives: dict) -
         parts["released -> elected"].append(elected[-1] - released[-1])
         parts["elected -> child start"].append(new.start - elected[-1])
     return {k: percentile(v, 0.5) for k, v in parts.items()} or None
+
+
+TRACE_FILE = "trace.log"
+# One handover, point by point (consul_elect/trace.py marks), as (point, whose): "old" the
+# leader handing over (its elector or watchdog), "new" its successor's, "child" the new child.
+TRACE_CHAIN = [
+    ("watchdog: command reaped", "old"), ("watchdog: exited sent", "old"), ("elector: exited in", "old"),
+    ("elector: release sent", "old"), ("watcher: key answer", "new"), ("elector: key news in", "new"),
+    ("elector: acquire sent", "new"), ("elector: acquired", "new"), ("elector: spawn sent", "new"),
+    ("watchdog: spawn order in", "new"), ("prepared child: exec", "child"),
+]
+
+
+def trace_steps(path: Path, samples: list[dict], lives: dict) -> dict | None:
+    """Median time of each step from the old child's last record to the new child's start
+    record, both processes' marks on one clock. Marks are matched by pid where the pid is
+    known (the electors, the new child) and by name in the handover's window otherwise (the
+    watchdogs)."""
+    try:
+        marks = [line.split(" ", 2) for line in path.read_text().splitlines()]
+    except OSError:
+        return None
+    marks = [(float(t), int(pid), point) for t, pid, point in (m for m in marks if len(m) == 3)]
+    steps = collections.defaultdict(list)
+    for s in samples:
+        old, new = lives[s["old_pid"]], lives[s["new_pid"]]
+        window = [m for m in marks if old.end - 0.05 <= m[0] <= new.start]
+        times = [old.end]
+        for point, whose in TRACE_CHAIN:
+            pid = {"old": s["old_wrapper"], "new": s["new_wrapper"], "child": s["new_pid"]}[whose]
+            found = [t for t, p, name in window if name == point and (p == pid or point.startswith("watchdog"))
+                     and t >= times[-1] - 0.0005]
+            if not found:
+                break
+            times.append(found[0])
+        else:
+            times.append(new.start)
+            names = ["child exit"] + [p for p, _ in TRACE_CHAIN] + ["child start"]
+            for a, b, t0, t1 in zip(names, names[1:], times, times[1:]):
+                steps[f"{a} -> {b}"].append(t1 - t0)
+    return {k: percentile(v, 0.5) for k, v in steps.items()} or None
 
 
 # --------------------------------------------------------------------------- 2. idle cost
@@ -798,6 +844,12 @@ def main(argv=None) -> int:
     rows = table(results, meta)
     text = render(rows, meta)
     print(text)
+    steps = results.get("handover", {}).get(CE, {}).get("steps_median_s")
+    if steps:
+        print(f"\n{CE} handover, step by step (medians, both processes on CLOCK_MONOTONIC; consul_elect/trace.py):")
+        for step, seconds in steps.items():
+            print(f"  {seconds * 1e3:7.2f} ms  {step}")
+        print(f"  {sum(steps.values()) * 1e3:7.2f} ms  in all (the sum of medians)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": meta, "table": rows, "results": results}, indent=2, default=str) + "\n")
     print(f"\n(wrote {RESULTS.relative_to(lib.REPO)}; took {meta['duration_s']:.0f} s)")

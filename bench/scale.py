@@ -56,14 +56,23 @@ def one_size(b: Bench, tool: Tool, size: int, handovers: int) -> dict:
         if leader is None:
             raise BenchError(f"{tool.label} x{size}: no leader within 60 s\n{log_tail(wrappers[names[0]])}")
         for _ in range(handovers):
-            # The one beating now: under a start-up storm an early term can record its start late.
-            current = max(tail.poll().lives.values(), key=lambda life: life["end"])
-            waiting = [w for n, w in wrappers.items() if n != current["name"]]
-            if not poll_until(lambda: all(_waiting_any(tool, w) for w in waiting), 60 + 2 * size, 0.05):
-                idle = [n for n, w in wrappers.items() if n != current["name"] and not _waiting_any(tool, w)]
-                raise BenchError(f"{tool.label} x{size}: not every wrapper waits (leader {current['name']}): "
-                                 + ", ".join(idle[:10]) + "\n" + (log_tail(wrappers[idle[0]], 8) if idle else ""))
+            # Settled: one child beating now and every other wrapper waiting. A start-up storm on
+            # a loaded machine can change leaders a few times first (leases run out), so the
+            # leader is read again once everyone waits, and once more before the SIGTERM.
+            def settled():
+                lives = tail.poll().lives.values()
+                beating = max(lives, key=lambda life: life["end"])
+                if now() - beating["end"] > 0.5:
+                    return None
+                ok = all(_waiting_any(tool, w) for n, w in wrappers.items() if n != beating["name"])
+                return beating if ok else None
+            current = poll_until(settled, 60 + 2 * size, 0.05)
+            if current is None:
+                idle = [n for n, w in wrappers.items() if not _waiting_any(tool, w)]
+                raise BenchError(f"{tool.label} x{size}: no settled leader with every other wrapper waiting; "
+                                 "not waiting: " + ", ".join(idle[:10]))
             time.sleep(1.0)
+            current = settled() or current
             t_sig = now()
             wrappers[current["name"]].send_signal(signal.SIGTERM)
             new = poll_until(lambda: next((life for life in tail.poll().lives.values()

@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 
-from . import clock, containment, leadership, role_file, supervisor
+from . import clock, containment, leadership, role_file, supervisor, trace
 from . import config as defaults
 from . import watchdog_protocol as proto
 from .clock import utc_now_iso
@@ -238,7 +238,10 @@ class Driver:
             if isinstance(event, Spawned):
                 self.child_pid = event.pid
             elif isinstance(event, ChildExited) and event.confirmed and event.pid == self.child_pid:
+                trace.mark("elector: exited in")
                 self.child_pid = None  # its group id may be reused from now on
+            elif isinstance(event, leadership.KeyChanged):
+                trace.mark("elector: key news in")
             return event
 
     def _waited(self, seconds: float) -> None:
@@ -306,6 +309,7 @@ class Driver:
         if isinstance(action, Spawn):
             # The hot path of a failover: the order goes out before anything is logged.
             self.watchdog.send(proto.Spawn(self._child_env(action.token, action.deadline), action.token))
+            trace.mark("elector: spawn sent")
         elif isinstance(action, Elect):
             self.watchdog.send(proto.Elect(action.token))
         elif isinstance(action, Demote):
@@ -372,10 +376,12 @@ class Driver:
                 sent_at = clock.now()
                 # An answer later than the lease window would be useless: expired on arrival.
                 key = c.key if self.slot_view is None else slot_key(c.key, self.core.memory.slot)
+                trace.mark("elector: acquire sent")
                 token = self.client.acquire(key, action.session, value,
                                             timeout=min(defaults.REQUEST_TIMEOUT, c.lease_window))
                 if token is None:
                     return AcquireRefused()
+                trace.mark("elector: acquired")
                 self.leader_since = since
                 self.elected_session, self.elected_key = action.session, key
                 return Acquired(token, sent_at)
@@ -420,7 +426,10 @@ class Driver:
             # wait; `next` says which of them try first.
             value = self.identity.to_value(session, self.leader_since or utc_now_iso(), released=True,
                                            successors=successors)
-            if self.client.release(key, session, value, timeout=defaults.REQUEST_TIMEOUT):
+            trace.mark("elector: release sent")
+            released = self.client.release(key, session, value, timeout=defaults.REQUEST_TIMEOUT)
+            trace.mark("elector: released")
+            if released:
                 log.info("released %s", key)
         except ConsulError as e:
             log.warning("could not release %s (Consul will when the session ends): %s", key, e)

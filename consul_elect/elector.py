@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from . import clock
+from . import clock, trace
 from . import config as defaults
 from .blocking import BlockingQueryLoop
 from .config import Config
@@ -142,6 +142,7 @@ class KeyWatcher(BlockingQueryLoop):
         self._post(WatchFailed(error))
 
     def _answer(self, index: int, state) -> None:
+        trace.mark("watcher: key answer")
         if self._slots:
             if state != self._last or self._failed:
                 self._last, self._failed = state, False

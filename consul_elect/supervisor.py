@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 
-from . import clock
+from . import clock, trace
 from .containment import join_cgroup
 from .errors import CommandNotExecutable, CommandNotFound
 from .signals import CHILD_RESET
@@ -131,6 +131,7 @@ class PreparedChild:
                     order = go.read()
                 if not order:
                     os._exit(0)  # cancelled
+                trace.mark("prepared child: exec")
                 os.execvpe(argv[0], argv, {**os.environ, **json.loads(order)})
             except OSError as e:
                 os.write(err_w, str(e.errno).encode())

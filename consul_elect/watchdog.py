@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import clock, containment, role_file, supervisor
+from . import clock, containment, role_file, supervisor, trace
 from . import watchdog_protocol as proto
 from .config import ACK_POLL, CONTAIN_RETRY_WAIT, FOLLOWER_START_TIMEOUT, KILL_WAIT, Config
 from .exit_codes import SOFTWARE
@@ -221,6 +221,7 @@ class Watchdog:
 
     def _spawn(self, extra_env: dict[str, str], token: int | None) -> None:
         """Exec mode: start the command as leader, within the lease."""
+        trace.mark("watchdog: spawn order in")
         if self.deadline is None or clock.now() >= self.deadline:
             self._send(proto.SpawnFailed(lease_expired=True, code=None, error="lease already expired"))
             return
@@ -256,6 +257,7 @@ class Watchdog:
             self._send(proto.SpawnFailed(lease_expired=False, code=supervisor.spawn_error_exit_code(e),
                                          error=f"{self.argv[0]}: {e.strerror}"))
             return False
+        trace.mark("watchdog: exec done")
         self.prepared = None
         self.run = Run(pid, containment.Containment(pid, self.cgroup, (os.getpid(),)))
         self._send(proto.Spawned(pid))
@@ -381,6 +383,7 @@ class Watchdog:
     def _reap(self) -> None:
         for pid, status in supervisor.reap_all():
             if self.run is not None and pid == self.run.pid:
+                trace.mark("watchdog: command reaped")
                 self.run.reaped = True
                 self.run.status = supervisor.exit_code(status)
         if self.run is not None and not self.run.reaped:
@@ -435,6 +438,7 @@ class Watchdog:
         run.containment.spare = spare
         confirmed, survivors = run.containment.kill_and_wait(KILL_WAIT, reap=self._reap)
         self._reap()
+        trace.mark("watchdog: exited sent")
         self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors,
                                 swept=kill and not killed_main))
         self.run = None
