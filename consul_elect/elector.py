@@ -12,6 +12,7 @@ command and ends the process visibly (exit 70), and /health turns 503 meanwhile.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from . import clock, trace
@@ -160,3 +161,6 @@ class KeyWatcher(BlockingQueryLoop):
         if state != self._last or self._failed or waited:
             self._last, self._failed = state, False
             self._post(KeyChanged(state, index, waited=waited))
+            # Let the driver have the GIL now: this thread's next query can wait, while a
+            # standby's acquire is the hot path of a handover.
+            time.sleep(0)

@@ -188,7 +188,10 @@ class Watchdog:
         elif isinstance(msg, proto.SetLease):
             self.deadline, self.release_value = msg.deadline, msg.release_value
             self.release_key = msg.key or self.config.key
-            self._write_lease_file()
+            if self.run is not None:
+                # Before a spawn the file is written with it (a failover's first lease comes
+                # just ahead of the spawn order: one file write less on the hot path).
+                self._write_lease_file()
             if self.role[0] == role_file.LEADER:
                 self._write_role(*self.role)  # the new lease deadline
         elif isinstance(msg, proto.Spawn):
@@ -436,7 +439,13 @@ class Watchdog:
         run.killed = run.killed or killed_main
         spare = frozenset({self.prepared.pid}) if self.prepared else frozenset()
         run.containment.spare = spare
-        confirmed, survivors = run.containment.kill_and_wait(KILL_WAIT, reap=self._reap)
+        if kill:
+            confirmed, survivors = run.containment.kill_and_wait(KILL_WAIT, reap=self._reap)
+        else:
+            # The caller just found nothing of the run left (and nothing can appear from
+            # nothing): one more look confirms it, without a kill pass on a handover's path.
+            left = run.containment.members()
+            confirmed, survivors = (True, ()) if not left else run.containment.kill_and_wait(KILL_WAIT, reap=self._reap)
         self._reap()
         trace.mark("watchdog: exited sent")
         self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors,
