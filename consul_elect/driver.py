@@ -394,13 +394,16 @@ class Driver:
     def _end_session(self, session: str, release: bool) -> None:
         """Stop renewing; release (no lock-delay for the next leader) and destroy, or leave the
         session to expire when the command could not be confirmed gone."""
+        # The release first: on a handover it is what the successor waits for, and nothing
+        # below needs to come before it (a renewal meanwhile, or the watchdog releasing with a
+        # session that no longer holds the key, changes nothing).
+        if release:
+            self._release(session)
         if self.keeper is not None and self.keeper.session == session:
             self.keeper.stop()
             self.keeper = None
         self.watchdog.send(proto.SetSession(None))
         self.state.update(session=None)
-        if release:
-            self._release(session)
         self._leave_queue(session)
         for entry in self.dead_entries:
             self._delete_quietly(entry)
