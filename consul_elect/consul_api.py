@@ -126,15 +126,20 @@ class ConsulClient:
         _, _, data = self._request("PUT", f"/v1/kv/{entry}", {"acquire": session}, body=value, timeout=timeout)
         return self._json(data, "queue entry") is True
 
-    def read_queue(self, prefix: str, timeout: float = defaults.REQUEST_TIMEOUT) -> list[QueueEntry]:
-        status, _, data = self._request("GET", f"/v1/kv/{prefix}", {"recurse": None}, timeout=timeout,
-                                        ok=(200, 404))
+    def read_queue(self, prefix: str, index: int = 0, wait: float | None = None,
+                   timeout: float | None = None) -> tuple[int, list[QueueEntry]]:
+        """The queue's entries (a blocking read when index > 0) and Consul's index."""
+        if timeout is None:
+            timeout = _blocking_timeout(wait) if index else defaults.REQUEST_TIMEOUT
+        params = {**_blocking_params(index, wait), "recurse": None}
+        status, headers, data = self._request("GET", f"/v1/kv/{prefix}", params, timeout=timeout, ok=(200, 404))
+        consul_index = self._index(headers, "queue read")
         if status == 404:
-            return []
+            return consul_index, []
         try:
-            return [QueueEntry(kv["Key"], kv.get("Session") or None, int(kv["CreateIndex"]),
-                               base64.b64decode(kv["Value"]) if kv.get("Value") else None)
-                    for kv in self._json(data, "queue read")]
+            return consul_index, [QueueEntry(kv["Key"], kv.get("Session") or None, int(kv["CreateIndex"]),
+                                             base64.b64decode(kv["Value"]) if kv.get("Value") else None)
+                                  for kv in self._json(data, "queue read")]
         except _SHAPE_ERRORS as e:
             raise self._bad_answer("queue read", e) from None
 

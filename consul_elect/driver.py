@@ -479,7 +479,7 @@ class Driver:
         if session is None or self.elected_session != session:
             return
         try:
-            entries = self.client.read_queue(lock_key.queue_prefix(self.config.key))
+            _, entries = self.client.read_queue(lock_key.queue_prefix(self.config.key))
         except ConsulError as e:
             log.debug("could not read the queue of candidates: %s", e)
             return

@@ -20,9 +20,9 @@ from . import config as defaults
 from .blocking import BlockingQueryLoop
 from .config import Config
 from .consul_api import ConsulClient
-from .errors import ConsulError, SessionGone
+from .errors import ConsulError, PermissionDenied, SessionGone
 from .leadership import KeyChanged, RenewFailed, Renewed, SessionEnded, ThreadFailed, WatchFailed
-from .lock_key import parse_identity, turn
+from .lock_key import parse_identity, place, queue_prefix, turn
 from .slots import parse_slots, slot_prefix
 
 Post = Callable[[object], None]
@@ -116,6 +116,13 @@ class KeyWatcher(BlockingQueryLoop):
         self._post = post
         self._session = session
         self._held: tuple[float, float] | None = None  # (since, for how long) a release was held back
+        # Far in the queue (see _far): which session our place was read for, the place, and the
+        # queue's index to block on; off for good when the token may not read the queue.
+        self._placed_for: str | None = None
+        self._place: int | None = None
+        self._queue_index = 0
+        self._queue_readable = True
+        self._prefix = queue_prefix(config.key)
         self._slots = config.holders > 1
         if self._slots:
             def fetch(client, index):
@@ -129,6 +136,14 @@ class KeyWatcher(BlockingQueryLoop):
                     since, hold = self._held
                     self.stopped.wait(max(0.0, since + hold - clock.now()))
                     index = 0
+                elif self._far(client):
+                    # Far back in the queue: every change of leader changes the queue too (the
+                    # new leader leaves it), after the new command started; only then look at
+                    # the key, once. A handover wakes only the few that come next.
+                    self._queue_index, entries = client.read_queue(self._prefix, index=self._queue_index,
+                                                                   wait=defaults.WATCH_WAIT)
+                    self._place = place(entries, self._placed_for)
+                    return client.read_key(config.key)
                 return client.read_key(config.key, index=index, wait=defaults.WATCH_WAIT)
         super().__init__("key-watcher", config.connection, fetch, self._answer, self._error)
 
@@ -137,6 +152,21 @@ class KeyWatcher(BlockingQueryLoop):
             super().run()
         except Exception as e:
             self._post(ThreadFailed(self.name, f"{type(e).__name__}: {e}"))
+
+    def _far(self, client) -> bool:
+        """Are we past the first HANDOVER_SUCCESSORS waiters, so that no clean release names us?
+        Without a session, an entry, or a queue we may read: no (we watch the key itself)."""
+        session = self._session()
+        if session is None or not self._queue_readable:
+            return False
+        if session != self._placed_for:
+            try:
+                self._queue_index, entries = client.read_queue(self._prefix)
+            except PermissionDenied:
+                self._queue_readable = False
+                return False
+            self._placed_for, self._place = session, place(entries, session)
+        return self._place is not None and self._place >= defaults.HANDOVER_SUCCESSORS
 
     def _error(self, error: ConsulError) -> None:
         self._failed = True

@@ -103,6 +103,12 @@ def successors(entries: list[QueueEntry], own: str | None, count: int) -> tuple[
     return tuple(e.session for e in live[:count])
 
 
+def place(entries: list[QueueEntry], own: str | None) -> int | None:
+    """Our place among the live candidacies, oldest first (None: we have no entry)."""
+    live = sorted((e for e in entries if e.session), key=lambda e: e.create_index)
+    return next((i for i, e in enumerate(live) if e.session == own), None) if own else None
+
+
 def turn(holder: dict | None, session: str | None) -> int:
     """Our place among the successors a clean release named: 0 for the first (or when it named
     none: every waiter may try, as before there was a queue), len(next) when we are not named."""

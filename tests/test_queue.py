@@ -66,6 +66,16 @@ def test_a_clean_handover_goes_to_the_oldest_waiter_in_a_few_writes(consul_agent
             done = writes(proxy, t0)
             assert len(done) <= 4, f"{len(done)} writes for one handover: {done}"
             assert sum(1 for m, p in done if p.startswith("/v1/txn")) == 1, f"one acquire, no herd: {done}"
+            # Only the waiters a release can name watch the key itself; those further back wait
+            # on the queue (which the new leader leaves once its command is started), then look
+            # at the key once: each of them re-reads the queue after every handover.
+            waiting = [n for n in names if names.index(n) > names.index(new)]
+            far = max(0, len(waiting) - defaults.HANDOVER_SUCCESSORS)
+            queue_reads = [t for t, m, p, _ in proxy.requests
+                           if t >= t0 and m == "GET" and p == f"/v1/kv/{key}/.candidates/"]
+            assert len(queue_reads) >= far, f"{len(queue_reads)} queue reads with {far} waiters far back"
+            wait_for(lambda: all(f"following {new}" in made[n].log() for n in waiting), 10,
+                     what=f"every waiter, near or far, to follow {new}")
         lives = assert_no_overlap(candidates.events)
         assert [life.name for life in lives] == names[:4], "the oldest waiter leads next, every time"
         for name in names[:3]:

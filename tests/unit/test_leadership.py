@@ -18,7 +18,7 @@ from consul_elect.errors import (
     ConsulTLSError, ConsulUnavailable, InternalError, LeadershipLost, LeadershipTimeout, NotAnElectKey,
     PermissionDenied, SessionGone, WatchdogFailed,
 )
-from consul_elect.lock_key import Identity, KeyState, QueueEntry, queue_entry, successors
+from consul_elect.lock_key import Identity, KeyState, QueueEntry, place, queue_entry, successors
 from consul_elect.state import CAMPAIGNING, DISCONNECTED, FOLLOWER, LEADER, STEPPING_DOWN
 
 KEY = "svc/k"
@@ -334,6 +334,13 @@ def test_successors_are_the_oldest_live_entries_never_our_own():
     assert successors(entries, "me", 10) == ("b", "c", "d", "e")
     assert successors([], "me", 3) == ()
     assert queue_entry("svc/leader", "abc") == "svc/leader/.candidates/abc"
+
+
+def test_our_place_in_the_queue_counts_live_entries_only():
+    entries = [QueueEntry("k/.candidates/c", "c", 30, None), QueueEntry("k/.candidates/dead", None, 5, None),
+               QueueEntry("k/.candidates/b", "b", 20, None), QueueEntry("k/.candidates/a", "a", 10, None)]
+    assert [place(entries, s) for s in ("a", "b", "c")] == [0, 1, 2]
+    assert place(entries, "gone") is None and place(entries, None) is None
 
 
 @pytest.mark.parametrize("freed", [
