@@ -79,12 +79,15 @@ HOLDER_POLL = 0.1
 # turn is long enough for a live successor's acquire under load, short enough that a dead one
 # costs little.
 HANDOVER_SUCCESSORS = 3
+HANDOVER_TURN = 0.2
+# The release waits this long at most for the queue read begun when the command was told to
+# stop (usually long done); after it, the release names no one rather than wait for Consul.
+SUCCESSORS_READ_WAIT = 0.5
 # --holders: one holder is the classic leader election (the key itself is the lock); more are
 # slots of their own (see slots.py). Each holder keeps a session and a blocking query, and every
 # candidate follows all the slots: past a few dozen, one key is no longer the right tool.
 DEFAULT_HOLDERS = 1
 MAX_HOLDERS = 64
-HANDOVER_TURN = 0.2
 # After SIGKILL, how long to wait for the kernel to let the command's processes die before
 # reporting them as survivors.
 KILL_WAIT = 2.0

@@ -17,6 +17,7 @@ import queue
 import random
 import signal
 import socket
+import threading
 import time
 
 from . import clock, containment, leadership, role_file, supervisor, trace
@@ -89,6 +90,7 @@ class Driver:
         self.slot_view = SlotView(config.holders) if config.holders > 1 else None
         self.elected_key: str | None = None
         self.successors: tuple[str, tuple[str, ...]] | None = None  # (for our session, who)
+        self.successors_read: threading.Thread | None = None
         self.dead_entries: tuple[str, ...] = ()
 
     # -- the one way in and out --------------------------------------------------------------
@@ -351,7 +353,7 @@ class Driver:
         elif isinstance(action, EndSession):
             self._end_session(action.session, action.release)
         elif isinstance(action, LeaveQueue):
-            self._leave_queue(action.session)
+            self._leave_queue(action.session, wait=False)
         else:
             return self._consul(action)
         return None
@@ -416,8 +418,13 @@ class Driver:
             log.warning("could not destroy session %s (Consul will expire it): %s", session, e)
 
     def _release(self, session: str) -> None:
-        if self.successors is None or self.successors[0] != session:
+        # The command is gone by now: waiting for the queue read costs no lease, only (at
+        # worst) the names in the release.
+        if self.successors_read is None and self.elected_session == session:
             self._read_successors(session)
+        if self.successors_read is not None:
+            self.successors_read.join(defaults.SUCCESSORS_READ_WAIT)
+            self.successors_read = None
         successors = self.successors[1] if self.successors is not None and self.successors[0] == session else ()
         self.successors = None
         key = self.elected_key if self.elected_session == session else self.config.key
@@ -469,22 +476,46 @@ class Driver:
         except ConsulError as e:
             log.info("not in the queue of candidates (%s): a handover will name others first", e)
 
-    def _leave_queue(self, session: str) -> None:
+    def _leave_queue(self, session: str, wait: bool = True) -> None:
+        """Delete our entry: at once when the session ends (no lease runs then); in the
+        background when elected, since the loop must keep the lease's timers whatever Consul does."""
         if self.queued == session:
             self.queued = None
-            self._delete_quietly(lock_key.queue_entry(self.config.key, session))
+            entry = lock_key.queue_entry(self.config.key, session)
+            if wait:
+                self._delete_quietly(entry)
+            else:
+                self._in_background("leave-queue", lambda client: client.delete_key(entry))
 
     def _read_successors(self, session: str | None) -> None:
-        """While our command stops: who the release will name (and whose entries are dead)."""
+        """While our command stops (in the background: the loop keeps the lease's timers, a
+        backup kill among them): who the release will name, and whose entries are dead."""
         if session is None or self.elected_session != session:
             return
-        try:
-            _, entries = self.client.read_queue(lock_key.queue_prefix(self.config.key))
-        except ConsulError as e:
-            log.debug("could not read the queue of candidates: %s", e)
-            return
-        self.successors = (session, lock_key.successors(entries, session, defaults.HANDOVER_SUCCESSORS))
-        self.dead_entries = tuple(e.key for e in entries if e.session is None)
+
+        def read(client: ConsulClient) -> None:
+            _, entries = client.read_queue(lock_key.queue_prefix(self.config.key))
+            self.dead_entries = tuple(e.key for e in entries if e.session is None)
+            self.successors = (session, lock_key.successors(entries, session, defaults.HANDOVER_SUCCESSORS))
+
+        self.successors = None
+        self.successors_read = self._in_background("read-queue", read)
+
+    def _in_background(self, name: str, work) -> threading.Thread:
+        """A request that must not hold up the loop, on a thread and connection of its own;
+        its failure only costs what it was for (logged at debug)."""
+        def run() -> None:
+            client = ConsulClient(self.config.connection)
+            try:
+                work(client)
+            except ConsulError as e:
+                log.debug("%s: %s", name, e)
+            finally:
+                client.close()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _delete_quietly(self, key: str) -> None:
         try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import time
+from pathlib import Path
 
-from fault_proxy import FaultProxy
-from harness import assert_no_overlap, read_lives, wait_for
+from fault_proxy import Fault, FaultProxy
+from harness import assert_no_overlap, pid_alive, read_lives, wait_for
 
 from consul_elect import config as defaults
 
@@ -120,3 +122,30 @@ def test_a_crashed_waiters_entry_is_cleared_at_the_next_handover(consul_agent, c
     assert made["a"].wait(10) == 0, made["a"].log()
     wait_for(lambda: [life.name for life in read_lives(candidates.events)] == ["a", "b"], 10, what="b to lead")
     wait_for(lambda: queue(consul_agent, key) == [], 10, what="the dead entry to be deleted")
+
+
+def test_a_hung_queue_request_never_holds_up_the_leaders_lease_timers(consul_agent, candidates):
+    """The queue's requests run beside the loop, never on it: a new leader whose queue delete
+    hangs, whose watchdog is then frozen and whose renewals hang, still stops its command by the
+    lease deadline (the loop's own backup kill). Found by `make chaos`: the delete was made on
+    the loop, which sat in it for the request timeout (5 s) while the lease ran out."""
+    key = "svc/queue-hung"
+    B = min(3, 2) * 0.99 - 0.25  # harness.FAST's lease window
+    with FaultProxy(consul_agent.http_addr) as proxy:
+        made = lined_up(consul_agent, candidates, proxy.address, key, ["a", "b"])
+        proxy.set_fault(Fault.hang(), match="/.candidates/")
+        made["a"].send_signal(signal.SIGTERM)
+        wait_for(lambda: [life for life in read_lives(candidates.events) if life.name == "b"], 15, what="b to lead")
+        watchdog = int(Path(f"/proc/{made['b'].pid}/task/{made['b'].pid}/children").read_text().split()[0])
+        os.kill(watchdog, signal.SIGSTOP)
+        try:
+            proxy.set_fault(Fault.hang(), match="/v1/")
+            t_fault = time.monotonic()
+            wait_for(lambda: "stepping down" in made["b"].log(), 10, what="b to step down")
+            time.sleep(B + 1.0)
+            last = [life for life in read_lives(candidates.events) if life.name == "b"][-1]
+            assert last.end <= t_fault + B + 0.3, f"b's command ran {last.end - t_fault:.2f}s past its last proof"
+            assert not pid_alive(last.pid)
+        finally:
+            os.kill(watchdog, signal.SIGCONT)
+            proxy.set_fault(None)
