@@ -977,8 +977,6 @@ def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple
         Log(logging.INFO, f"elected leader of {c.key} ({f'slot {m.slot}, ' if c.holders > 1 else ''}"
                           f"fencing token {event.token})"),
         *actions,
-        # Off the hot path: the next in the queue now waits on the key itself.
-        LeaveQueue(m.session),
     ]
 
 
@@ -1005,7 +1003,10 @@ def _spawning(core: Core, p: Spawning, event, now: float, rand: float):
     c = core.config
     if isinstance(event, Spawned):
         core = _with_memory(_set_phase(core, Leading(p.token, p.deadline, event.pid)), hook_term=p.token)
-        return core, [Publish({"child_started": True}), Log(logging.INFO, f"started the command (pid {event.pid})"),
+        # Leaving the queue wakes the waiters far back in it (they look at the key then): only
+        # now that the command runs, so that they do not compete with its start for the CPU.
+        return core, [LeaveQueue(core.memory.session), Publish({"child_started": True}),
+                      Log(logging.INFO, f"started the command (pid {event.pid})"),
                       *_hook(core, defaults.HOOK_ON_ELECTED, p.token)]
     if isinstance(event, SpawnFailed):
         if event.lease_expired:
@@ -1033,7 +1034,9 @@ def _leading(core: Core, p: Leading, event, now: float, rand: float):
     if isinstance(event, KeyChanged) and _loss(core, event, p.token) is None and event.index >= p.token:
         return _with_memory(core, key=event.key), []
     if isinstance(event, Elected) and event.token == p.token:
-        return _with_memory(core, hook_term=p.token), _hook(core, defaults.HOOK_ON_ELECTED, p.token)
+        # As in exec mode, the queue is left once the command was told (see _spawning).
+        return _with_memory(core, hook_term=p.token), [LeaveQueue(core.memory.session),
+                                                       *_hook(core, defaults.HOOK_ON_ELECTED, p.token)]
     if isinstance(event, Demoted) and event.token == p.token:
         # The watchdog demoted the command on its own: no renewal reached it before
         # deadline - grace (one may have reached us just too late). The term is over either way.

@@ -336,6 +336,14 @@ def test_successors_are_the_oldest_live_entries_never_our_own():
     assert queue_entry("svc/leader", "abc") == "svc/leader/.candidates/abc"
 
 
+def test_the_queue_is_left_once_the_command_runs_not_at_the_acquire():
+    """Leaving wakes the waiters far back in the queue: not while the command is being started."""
+    s = Script().with_session()
+    s.tick()
+    assert not [a for a in s.step(L.Acquired(100, s.now)) if isinstance(a, L.LeaveQueue)]
+    assert s.step(L.Spawned(4242))[0] == L.LeaveQueue("s1")
+
+
 def test_our_place_in_the_queue_counts_live_entries_only():
     entries = [QueueEntry("k/.candidates/c", "c", 30, None), QueueEntry("k/.candidates/dead", None, 5, None),
                QueueEntry("k/.candidates/b", "b", 20, None), QueueEntry("k/.candidates/a", "a", 10, None)]

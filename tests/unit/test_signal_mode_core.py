@@ -223,11 +223,11 @@ def test_elected_answer_runs_the_on_elected_hook_only_when_there_is_one():
     s = SignalScript().to_following()
     s.tick()
     s.step(L.Acquired(100, s.now))
-    assert s.step(L.Elected(100)) == []
+    assert s.step(L.Elected(100)) == [L.LeaveQueue("s1")], "the command was told: the queue is left"
     h = SignalScript(on_elected="notify").to_following()
     h.tick()
     h.step(L.Acquired(100, h.now))
-    assert h.step(L.Elected(100)) == [L.RunHook(ELECTED, 100)]
+    assert h.step(L.Elected(100)) == [L.LeaveQueue("s1"), L.RunHook(ELECTED, 100)]
 
 
 def test_lease_running_out_demotes_grace_before_the_deadline_keeping_the_key():
@@ -434,7 +434,7 @@ def test_hooks_come_in_pairs_one_per_term():
     s = SignalScript(on_elected="up", on_demoted="down").to_following()
     s.tick()
     s.step(L.Acquired(100, s.now))
-    assert s.step(L.Elected(100)) == [L.RunHook(ELECTED, 100)]
+    assert s.step(L.Elected(100)) == [L.LeaveQueue("s1"), L.RunHook(ELECTED, 100)]
     s.step(L.KeyChanged(None, 120))
     assert not s.of(L.RunHook), "on-demoted runs once the command was told"
     assert s.step(L.Demoted(100)) == [L.RunHook(DEMOTED, 100)]
