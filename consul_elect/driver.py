@@ -27,7 +27,7 @@ from .clock import utc_now_iso
 from .config import Config
 from .consul_api import ConsulClient
 from .elector import KeyWatcher, SessionKeeper, SlotsRead
-from .errors import ConsulError, HoldersMismatch, UsageError
+from .errors import ConsulError, HoldersMismatch, PermissionDenied, UsageError
 from .hooks import Hooks
 from .leadership import (
     Acked, Acquire, Acquired, AcquireRefused, CheckAck, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect,
@@ -131,9 +131,16 @@ class Driver:
                                                      self.config.lock_delay, self._public_status_address(),
                                                      self.config.holders)
         self._install_signal_handlers()
-        self.watcher = KeyWatcher(self.config, self.events.put,
-                                  lambda: self.core.memory.session if self.core is not None else None)
+        self.watcher = KeyWatcher(self.config, self.events.put, self._campaigning_session)
         self.watcher.start()
+
+    def _campaigning_session(self) -> str | None:
+        """For the key watcher's thread: our session while we campaign (the queue's turns and
+        places are a waiter's business), None otherwise (a leader watches its key itself)."""
+        core = self.core
+        if core is None or not isinstance(core.phase, leadership.Campaigning):
+            return None
+        return core.memory.session
 
     def _close(self) -> None:
         """Stop the command and confirm it gone, then release the key, then destroy the session.
@@ -448,7 +455,12 @@ class Driver:
         """CheckKey: the key (or the slots) before we campaign, and candidates that disagree on
         --holders (together they would allow more holders than either says)."""
         c = self.config
-        _, entries = self.client.read_prefix(slot_prefix(c.key))
+        try:
+            _, entries = self.client.read_prefix(slot_prefix(c.key))
+        except PermissionDenied:
+            if self.slot_view is not None:
+                raise
+            entries = []  # a token for the key alone (key-list ACLs): no slots to disagree with
         clash = conflict(c.key, entries, c.holders)
         _, kv = self.client.read_key(c.key, consistent=False)
         if self.slot_view is None:
@@ -485,7 +497,7 @@ class Driver:
             if wait:
                 self._delete_quietly(entry)
             else:
-                self._in_background("leave-queue", lambda client: client.delete_key(entry))
+                self._in_background("leave-queue", lambda client: _retried(lambda: client.delete_key(entry)))
 
     def _read_successors(self, session: str | None) -> None:
         """While our command stops (in the background: the loop keeps the lease's timers, a
@@ -583,6 +595,19 @@ class Driver:
         if host in ("0.0.0.0", "[::]", ""):
             host = socket.gethostname()
         return f"{host}:{port}"
+
+
+def _retried(request, attempts: int = 3, pause: float = 0.5) -> None:
+    """A background request that matters (a leader left in the queue would keep the waiters
+    far back blind to the key): a few tries, a pause between."""
+    for attempt in range(attempts):
+        try:
+            request()
+            return
+        except ConsulError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause)
 
 
 def _kill(pid: int) -> None:

@@ -139,9 +139,14 @@ class KeyWatcher(BlockingQueryLoop):
                 elif self._far(client):
                     # Far back in the queue: every change of leader changes the queue too (the
                     # new leader leaves it), after the new command started; only then look at
-                    # the key, once. A handover wakes only the few that come next.
-                    self._queue_index, entries = client.read_queue(self._prefix, index=self._queue_index,
-                                                                   wait=defaults.WATCH_WAIT)
+                    # the key, once. A handover wakes only the few that come next. After a
+                    # failure, no blocking on an index from before it.
+                    try:
+                        self._queue_index, entries = client.read_queue(
+                            self._prefix, index=0 if self._failed else self._queue_index, wait=defaults.WATCH_WAIT)
+                    except PermissionDenied:
+                        self._queue_readable = False  # the token lost the queue: watch the key
+                        return client.read_key(config.key)
                     self._place = place(entries, self._placed_for)
                     return client.read_key(config.key)
                 return client.read_key(config.key, index=index, wait=defaults.WATCH_WAIT)
@@ -155,7 +160,8 @@ class KeyWatcher(BlockingQueryLoop):
 
     def _far(self, client) -> bool:
         """Are we past the first HANDOVER_SUCCESSORS waiters, so that no clean release names us?
-        Without a session, an entry, or a queue we may read: no (we watch the key itself)."""
+        Not campaigning (the session callable then says None: a leader watches its key), without
+        an entry, or without a queue we may read: no, we watch the key itself."""
         session = self._session()
         if session is None or not self._queue_readable:
             return False

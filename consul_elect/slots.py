@@ -38,7 +38,7 @@ def parse_slots(key: str, entries: list[tuple[str, KeyState]], holders: int) -> 
     prefix = slot_prefix(key)
     for name, state in entries:
         rest = name[len(prefix):] if name.startswith(prefix) else ""
-        if rest.isdigit() and int(rest) < holders:
+        if _number(rest) and int(rest) < holders:
             slots[int(rest)] = state
     return slots
 
@@ -48,13 +48,18 @@ def conflict(key: str, entries: list[tuple[str, KeyState]], holders: int) -> str
     prefix = slot_prefix(key)
     for name, state in entries:
         rest = name[len(prefix):] if name.startswith(prefix) else ""
-        if rest.isdigit() and int(rest) >= holders and state.session is not None:
+        if _number(rest) and int(rest) >= holders and state.session is not None:
             return f"slot {rest} of {key} is held: another candidate runs with --holders above {holders}"
         ident = parse_identity(state.value)
         theirs = ident.get("holders") if ident is not None else None
         if state.session is not None and isinstance(theirs, int) and theirs != holders:
             return f"{name} is held by a candidate with --holders {theirs}, not {holders}"
     return None
+
+
+def _number(text: str) -> bool:
+    # ASCII only: "²".isdigit() is true, and int() refuses it.
+    return text.isascii() and text.isdigit()
 
 
 @dataclasses.dataclass

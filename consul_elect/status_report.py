@@ -106,7 +106,7 @@ def build_report(key: str, kv: KeyState | None, sessions: list[dict],
         slot = name[len(slot_prefix(key)):]
         if ident is not None and isinstance(ident.get("holders"), int):
             limit = max(limit, ident["holders"])
-        if state.session is not None and ident is not None and slot.isdigit():
+        if state.session is not None and ident is not None and slot.isascii() and slot.isdigit():
             holders.append(_holder(ident, state, nodes, int(slot)))
     if slots:
         limit = max(limit, len(slots))

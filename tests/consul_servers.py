@@ -99,6 +99,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise ConsulError(f"no free TCP+UDP port found on {host}")
 
 
+def free_ports(host: str, names) -> dict:
+    """One free port per name, all different: a port just released can be handed out again by
+    the next bind to port 0 (CI once gave the same one to HTTP and DNS: the agent refused)."""
+    ports: dict = {}
+    for name in names:
+        for _ in range(50):
+            port = free_port(host)
+            if port not in ports.values():
+                ports[name] = port
+                break
+        else:
+            raise ConsulError(f"no distinct free port found on {host}")
+    return ports
+
+
 def http_request(method, url, body=None, token=None, timeout=2.0):
     """One HTTP call. Returns ``(status, body_bytes)``; HTTP errors are returned, not raised.
 
@@ -313,7 +328,7 @@ class ConsulAgent:
 
     def _pick_ports(self):
         names = ("http", "dns", "serf_lan", "serf_wan", "server") + (("https",) if self.tls else ())
-        self.ports = {name: free_port(self.host) for name in names}
+        self.ports = free_ports(self.host, names)
 
     # --- TLS (tls="tls": an HTTPS port beside the plain one; "mtls": it also demands client certificates)
     def _make_certificates(self):
@@ -507,8 +522,7 @@ class _Server:
         self.data_dir = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "consul.log")
         os.makedirs(self.data_dir, exist_ok=True)
-        self.ports = {name: free_port(host)
-                      for name in ("http", "dns", "serf_lan", "serf_wan", "server")}
+        self.ports = free_ports(host, ("http", "dns", "serf_lan", "serf_wan", "server"))
         self.proc = _Process(consul_bin, node_name, self.log_path)
 
     @property

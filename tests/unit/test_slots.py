@@ -61,8 +61,9 @@ def test_slot_view_remembers_each_slots_last_holder():
 
 def test_the_prefix_is_read_into_our_slots_only():
     entries = [("svc/x/.slots/0", held("a")), ("svc/x/.slots/2", freed("b")), ("svc/x/.slots/7", freed("z")),
-               ("svc/x/.slots/junk", held("q"))]
+               ("svc/x/.slots/junk", held("q")), ("svc/x/.slots/\u00b2", held("q"))]
     assert parse_slots("svc/x", entries, 3) == {0: held("a"), 1: None, 2: freed("b")}
+    assert conflict("svc/x", [("svc/x/.slots/\u00b2", held("q", holders=3))], 3) is None, "no crash on '²'"
 
 
 @pytest.mark.parametrize("entries, words", [
