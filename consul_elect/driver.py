@@ -32,9 +32,9 @@ from .hooks import Hooks
 from .leadership import (
     Acked, Acquire, Acquired, AcquireRefused, CheckAck, CheckHolder, CheckKey, ChildExited, Demote, Demoted, Elect,
     Elected, EndSession, Exit, Forward, GroupKilled, HolderChecked, KeyRead, KillGroup, KillWatchdog, LeaveQueue,
-    Log, NotAcked,
-    OpenSession, Publish, RequestFailed, RewatchNow, RunHook, SendLease, SessionOpened, SetRenewInterval, Spawn,
-    Spawned, SpawnFailed, StartCommand, StopChild, TellLeader, Tick, WatchdogLost, WatchdogUnresponsive,
+    Log, NotAcked, OpenSession, Publish, RequestFailed, RewatchNow, RunHook, SendLease, SessionOpened,
+    SetRenewInterval, Spawn, Spawned, SpawnFailed, StartCommand, StopChild, TellLeader, Tick, WatchdogLost,
+    WatchdogUnresponsive,
 )
 from . import lock_key
 from .lock_key import Identity, parse_identity, session_name

@@ -141,13 +141,10 @@ class KeyWatcher(BlockingQueryLoop):
                     # new leader leaves it), after the new command started; only then look at
                     # the key, once. A handover wakes only the few that come next. After a
                     # failure, no blocking on an index from before it.
-                    try:
-                        self._queue_index, entries = client.read_queue(
-                            self._prefix, index=0 if self._failed else self._queue_index, wait=defaults.WATCH_WAIT)
-                    except PermissionDenied:
-                        self._queue_readable = False  # the token lost the queue: watch the key
-                        return client.read_key(config.key)
-                    self._place = place(entries, self._placed_for)
+                    entries = self._read_queue(client, 0 if self._failed else self._queue_index,
+                                               defaults.WATCH_WAIT)
+                    if entries is not None:
+                        self._place = place(entries, self._placed_for)
                     return client.read_key(config.key)
                 return client.read_key(config.key, index=index, wait=defaults.WATCH_WAIT)
         super().__init__("key-watcher", config.connection, fetch, self._answer, self._error)
@@ -166,13 +163,21 @@ class KeyWatcher(BlockingQueryLoop):
         if session is None or not self._queue_readable:
             return False
         if session != self._placed_for:
-            try:
-                self._queue_index, entries = client.read_queue(self._prefix)
-            except PermissionDenied:
-                self._queue_readable = False
+            entries = self._read_queue(client)
+            if entries is None:
                 return False
             self._placed_for, self._place = session, place(entries, session)
         return self._place is not None and self._place >= defaults.HANDOVER_SUCCESSORS
+
+    def _read_queue(self, client, index: int = 0, wait: float | None = None):
+        """The queue's entries (keeping its index to block on), or None, for good, once the
+        token may not read it: we then watch the key itself."""
+        try:
+            self._queue_index, entries = client.read_queue(self._prefix, index=index, wait=wait)
+        except PermissionDenied:
+            self._queue_readable = False
+            return None
+        return entries
 
     def _error(self, error: ConsulError) -> None:
         self._failed = True

@@ -871,8 +871,7 @@ def _switch_slot(core: Core, event: KeyChanged) -> Core:
     before = event.before
     holder = None
     if before is not None and before.session is not None and before.session != core.memory.session:
-        ident = parse_identity(before.value) or {}
-        holder = Holder(before.session, _number(ident.get("lease_window")), _number(ident.get("lock_delay")))
+        holder = _holder_of(before)
     core = _with_memory(core, slot=event.slot, key=before, holder=holder)
     return _set(core, core.phase, holder_wait=None)
 
@@ -889,7 +888,7 @@ def _see_key(core: Core, kv: KeyState | None, now: float, waited: float = 0.0) -
     core = _with_memory(core, key=kv)
     if _other_holder(core):
         holder = parse_identity(kv.value) or {}
-        followed = Holder(kv.session, _number(holder.get("lease_window")), _number(holder.get("lock_delay")))
+        followed = _holder_of(kv)
         actions: Actions = []
         if previous is None or previous.session != kv.session:
             leader_name = holder.get("name") or "a non-consul-elect holder"
@@ -945,6 +944,12 @@ def _unclean_release(core: Core, kv: KeyState | None, previous: Holder | None,
     if session is None or session == core.memory.session or session in core.memory.ended_sessions:
         return None
     return HolderWait(session)
+
+
+def _holder_of(kv: KeyState) -> Holder:
+    """Whom we follow while *kv* is held: its session, and the bounds its identity states."""
+    ident = parse_identity(kv.value) or {}
+    return Holder(kv.session, _number(ident.get("lease_window")), _number(ident.get("lock_delay")))
 
 
 def _number(value) -> float | None:

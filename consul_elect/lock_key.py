@@ -97,16 +97,20 @@ class QueueEntry:
     value: bytes | None
 
 
+def _in_line(entries: list[QueueEntry]) -> list[str]:
+    """The live candidacies' sessions, oldest first (a dead entry shows no session)."""
+    return [e.session for e in sorted(entries, key=lambda e: e.create_index) if e.session]
+
+
 def successors(entries: list[QueueEntry], own: str | None, count: int) -> tuple[str, ...]:
     """The live candidacies that come next, oldest first (never our own)."""
-    live = sorted((e for e in entries if e.session and e.session != own), key=lambda e: e.create_index)
-    return tuple(e.session for e in live[:count])
+    return tuple(s for s in _in_line(entries) if s != own)[:count]
 
 
 def place(entries: list[QueueEntry], own: str | None) -> int | None:
     """Our place among the live candidacies, oldest first (None: we have no entry)."""
-    live = sorted((e for e in entries if e.session), key=lambda e: e.create_index)
-    return next((i for i, e in enumerate(live) if e.session == own), None) if own else None
+    line = _in_line(entries)
+    return line.index(own) if own in line else None
 
 
 def turn(holder: dict | None, session: str | None) -> int:

@@ -35,21 +35,19 @@ def parse_slots(key: str, entries: list[tuple[str, KeyState]], holders: int) -> 
     keys beyond our count (another candidate's larger --holders) are left out here and caught by
     `conflict`."""
     slots: dict[int, KeyState | None] = {i: None for i in range(holders)}
-    prefix = slot_prefix(key)
     for name, state in entries:
-        rest = name[len(prefix):] if name.startswith(prefix) else ""
-        if _number(rest) and int(rest) < holders:
-            slots[int(rest)] = state
+        slot = slot_number(key, name)
+        if slot is not None and slot < holders:
+            slots[slot] = state
     return slots
 
 
 def conflict(key: str, entries: list[tuple[str, KeyState]], holders: int) -> str | None:
     """Why these slots were made by candidates that disagree with our --holders (None: they agree)."""
-    prefix = slot_prefix(key)
     for name, state in entries:
-        rest = name[len(prefix):] if name.startswith(prefix) else ""
-        if _number(rest) and int(rest) >= holders and state.session is not None:
-            return f"slot {rest} of {key} is held: another candidate runs with --holders above {holders}"
+        slot = slot_number(key, name)
+        if slot is not None and slot >= holders and state.session is not None:
+            return f"slot {slot} of {key} is held: another candidate runs with --holders above {holders}"
         ident = parse_identity(state.value)
         theirs = ident.get("holders") if ident is not None else None
         if state.session is not None and isinstance(theirs, int) and theirs != holders:
@@ -57,9 +55,12 @@ def conflict(key: str, entries: list[tuple[str, KeyState]], holders: int) -> str
     return None
 
 
-def _number(text: str) -> bool:
-    # ASCII only: "²".isdigit() is true, and int() refuses it.
-    return text.isascii() and text.isdigit()
+def slot_number(key: str, name: str) -> int | None:
+    """The slot a key under slot_prefix(key) is (None: not a slot key). ASCII digits only:
+    "²".isdigit() is true, and int() refuses it."""
+    prefix = slot_prefix(key)
+    rest = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(rest) if rest.isascii() and rest.isdigit() else None
 
 
 @dataclasses.dataclass

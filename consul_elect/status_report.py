@@ -23,7 +23,7 @@ from .config import Connection
 from .consul_api import ConsulClient
 from .lock_key import KeyState
 from .lock_key import parse_identity, session_name
-from .slots import slot_prefix
+from .slots import slot_number, slot_prefix
 from .errors import ConsulError, ConsulUnavailable, NotAnElectKey
 
 
@@ -75,10 +75,15 @@ class StatusReport:
                 "holders": [dataclasses.asdict(h) for h in self.holders]}
 
 
+def _who(ident: dict, state: KeyState, nodes: dict) -> dict:
+    """The Leader fields of whoever holds *state* (the key, or a slot) with identity *ident*."""
+    return dict(name=ident.get("name"), host=ident.get("host"), pid=ident.get("pid"),
+                status_address=ident.get("status_address"), since=ident.get("since"), session=state.session,
+                node=nodes.get(state.session))
+
+
 def _holder(ident: dict, state: KeyState, nodes: dict, slot: int | None) -> Holder:
-    return Holder(name=ident.get("name"), host=ident.get("host"), pid=ident.get("pid"),
-                  status_address=ident.get("status_address"), since=ident.get("since"), session=state.session,
-                  node=nodes.get(state.session), slot=slot, fencing_token=state.modify_index)
+    return Holder(**_who(ident, state, nodes), slot=slot, fencing_token=state.modify_index)
 
 
 def build_report(key: str, kv: KeyState | None, sessions: list[dict],
@@ -95,19 +100,17 @@ def build_report(key: str, kv: KeyState | None, sessions: list[dict],
     nodes = {s["ID"]: s.get("Node") for s in sessions}
     leader = None
     if kv is not None and kv.session:
-        leader = Leader(name=holder.get("name"), host=holder.get("host"), pid=holder.get("pid"),
-                        status_address=holder.get("status_address"), since=holder.get("since"),
-                        session=kv.session, node=nodes.get(kv.session))
+        leader = Leader(**_who(holder, kv, nodes))
     holders, limit = [], 1
     if leader is not None:
         holders.append(_holder(holder, kv, nodes, None))
     for name, state in slots:
         ident = parse_identity(state.value)
-        slot = name[len(slot_prefix(key)):]
+        slot = slot_number(key, name)
         if ident is not None and isinstance(ident.get("holders"), int):
             limit = max(limit, ident["holders"])
-        if state.session is not None and ident is not None and slot.isascii() and slot.isdigit():
-            holders.append(_holder(ident, state, nodes, int(slot)))
+        if state.session is not None and ident is not None and slot is not None:
+            holders.append(_holder(ident, state, nodes, slot))
     if slots:
         limit = max(limit, len(slots))
     prefix = session_name(key, "")

@@ -452,10 +452,10 @@ class Watchdog:
         if kill:
             confirmed, survivors = run.containment.kill_and_wait(KILL_WAIT, reap=self._reap)
         else:
-            # The caller just found nothing of the run left (and nothing can appear from
-            # nothing): one more look confirms it, without a kill pass on a handover's path.
-            left = run.containment.members()
-            confirmed, survivors = (True, ()) if not left else run.containment.kill_and_wait(KILL_WAIT, reap=self._reap)
+            # Only from _check_timers, which has just found nothing of the run left (and
+            # nothing can appear from nothing): that look is the confirmation, without a kill
+            # pass or a second scan on a handover's path.
+            confirmed, survivors = True, ()
         self._reap()
         trace.mark("watchdog: exited sent")
         self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors,
