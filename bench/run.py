@@ -328,7 +328,7 @@ TRACE_CHAIN = [
     ("watchdog: command reaped", "old"), ("watchdog: exited sent", "old"), ("elector: exited in", "old"),
     ("elector: release sent", "old"), ("watcher: key answer", "new"), ("elector: key news in", "new"),
     ("elector: acquire sent", "new"), ("elector: acquired", "new"), ("elector: spawn sent", "new"),
-    ("watchdog: spawn order in", "new"), ("prepared child: exec", "child"),
+    ("watchdog: spawn order in", "new"), ("watchdog: go sent", "new"),
 ]
 
 

@@ -26,7 +26,7 @@ from . import watchdog_protocol as proto
 from .clock import utc_now_iso
 from .config import Config
 from .consul_api import ConsulClient
-from .elector import KeyWatcher, SessionKeeper, SlotsRead
+from .elector import KeyWatcher, SessionKeeper, SideRequests, SlotsRead
 from .errors import ConsulError, HoldersMismatch, PermissionDenied, UsageError
 from .hooks import Hooks
 from .leadership import (
@@ -90,7 +90,8 @@ class Driver:
         self.slot_view = SlotView(config.holders) if config.holders > 1 else None
         self.elected_key: str | None = None
         self.successors: tuple[str, tuple[str, ...]] | None = None  # (for our session, who)
-        self.successors_read: threading.Thread | None = None
+        self.successors_read: threading.Event | None = None  # set once that read is over
+        self.side = SideRequests(config.connection)
         self.dead_entries: tuple[str, ...] = ()
 
     # -- the one way in and out --------------------------------------------------------------
@@ -133,6 +134,7 @@ class Driver:
         self._install_signal_handlers()
         self.watcher = KeyWatcher(self.config, self.events.put, self._campaigning_session)
         self.watcher.start()
+        self.side.start()
 
     def _campaigning_session(self) -> str | None:
         """For the key watcher's thread: our session while we campaign (the queue's turns and
@@ -162,6 +164,7 @@ class Driver:
             self.watcher.stop()
         if self.keeper is not None:
             self.keeper.stop()
+        self.side.stop()
         if self.status_server is not None:
             self.status_server.stop()
         for s in (*SHUTDOWN_SIGNALS, *FORWARDED_SIGNALS, signal.SIGCHLD):
@@ -308,6 +311,10 @@ class Driver:
             action = todo.popleft()
             if isinstance(action, Exit):
                 return action
+            if isinstance(action, EndSession) and self.watcher is not None and any(isinstance(a, Exit) for a in todo):
+                # On the way out the key watch has nothing left to tell: stopped before our
+                # release, it does not wake into a new query (Consul's work, on the successor's path).
+                self.watcher.stop()
             result = self._perform(action)
             if result is not None:
                 self.core, more = leadership.step(self.core, result, clock.now(), random.random())
@@ -430,7 +437,7 @@ class Driver:
         if self.successors_read is None and self.elected_session == session:
             self._read_successors(session)
         if self.successors_read is not None:
-            self.successors_read.join(defaults.SUCCESSORS_READ_WAIT)
+            self.successors_read.wait(defaults.SUCCESSORS_READ_WAIT)
             self.successors_read = None
         successors = self.successors[1] if self.successors is not None and self.successors[0] == session else ()
         self.successors = None
@@ -497,7 +504,7 @@ class Driver:
             if wait:
                 self._delete_quietly(entry)
             else:
-                self._in_background("leave-queue", lambda client: _retried(lambda: client.delete_key(entry)))
+                self.side.submit("leave-queue", lambda client: _retried(lambda: client.delete_key(entry)))
 
     def _read_successors(self, session: str | None) -> None:
         """While our command stops (in the background: the loop keeps the lease's timers, a
@@ -505,29 +512,19 @@ class Driver:
         if session is None or self.elected_session != session:
             return
 
+        done = threading.Event()
+
         def read(client: ConsulClient) -> None:
-            _, entries = client.read_queue(lock_key.queue_prefix(self.config.key))
-            self.dead_entries = tuple(e.key for e in entries if e.session is None)
-            self.successors = (session, lock_key.successors(entries, session, defaults.HANDOVER_SUCCESSORS))
+            try:
+                _, entries = client.read_queue(lock_key.queue_prefix(self.config.key))
+                self.dead_entries = tuple(e.key for e in entries if e.session is None)
+                self.successors = (session, lock_key.successors(entries, session, defaults.HANDOVER_SUCCESSORS))
+            finally:
+                done.set()
 
         self.successors = None
-        self.successors_read = self._in_background("read-queue", read)
-
-    def _in_background(self, name: str, work) -> threading.Thread:
-        """A request that must not hold up the loop, on a thread and connection of its own;
-        its failure only costs what it was for (logged at debug)."""
-        def run() -> None:
-            client = ConsulClient(self.config.connection)
-            try:
-                work(client)
-            except ConsulError as e:
-                log.debug("%s: %s", name, e)
-            finally:
-                client.close()
-
-        thread = threading.Thread(target=run, name=name, daemon=True)
-        thread.start()
-        return thread
+        self.successors_read = done
+        self.side.submit("read-queue", read)
 
     def _delete_quietly(self, key: str) -> None:
         try:

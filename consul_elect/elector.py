@@ -2,6 +2,7 @@
 
 - SessionKeeper renews one session and reports each proof of life with the time read just
   before the request was sent (the lease counts from send time, never from receive time).
+- SideRequests performs the requests the driver's loop must not wait for (the queue's).
 - KeyWatcher follows the lock key with consistent blocking queries (with --holders, all the
   slots with one query on their prefix: the driver picks the slot the core sees).
 
@@ -11,6 +12,8 @@ command and ends the process visibly (exit 70), and /health turns 503 meanwhile.
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from .lock_key import parse_identity, place, queue_prefix, turn
 from .slots import parse_slots, slot_prefix
 
 Post = Callable[[object], None]
+log = logging.getLogger("consul_elect")
 
 
 class SessionKeeper(threading.Thread):
@@ -90,6 +94,38 @@ class SessionKeeper(threading.Thread):
                 continue
             if not self.stopped.is_set():
                 self.post(Renewed(self.session, sent_at, clock.now() - sent_at))
+
+
+class SideRequests(threading.Thread):
+    """Requests the driver's loop must not wait for (a hung one would hold up the lease's
+    timers): the queue's reads and deletes, in the order given, on one kept-alive connection,
+    so that the read begun when the command is told to stop is answered before it is gone.
+    A failure costs only what the request was for."""
+
+    def __init__(self, connection) -> None:
+        super().__init__(name="side-requests", daemon=True)
+        self.client = ConsulClient(connection)
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, name: str, work: Callable[[ConsulClient], None]) -> None:
+        self._todo.put((name, work))
+
+    def stop(self) -> None:
+        self._todo.put(None)
+
+    def run(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None:
+                self.client.close()
+                return
+            name, work = item
+            try:
+                work(self.client)
+            except ConsulError as e:
+                log.debug("%s: %s", name, e)
+            except Exception as e:  # noqa: BLE001 - a bug here costs one queue request, said loudly
+                log.error("internal error in the %s request: %s: %s", name, type(e).__name__, e)
 
 
 class SlotsRead:
@@ -202,6 +238,7 @@ class KeyWatcher(BlockingQueryLoop):
         if state != self._last or self._failed or waited:
             self._last, self._failed = state, False
             self._post(KeyChanged(state, index, waited=waited))
-            # Let the driver have the GIL now: this thread's next query can wait, while a
-            # standby's acquire is the hot path of a handover.
-            time.sleep(0)
+            if state is None or state.session is None:
+                self.stopped.wait(defaults.WATCH_QUIET)  # a handover's hot path follows
+            else:
+                time.sleep(0)  # let the driver have the GIL now
