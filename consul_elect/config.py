@@ -87,6 +87,11 @@ HANDOVER_TURN = 0.2
 # The release waits this long at most for the queue read begun when the command was told to
 # stop (usually long done); after it, the release names no one rather than wait for Consul.
 SUCCESSORS_READ_WAIT = 0.5
+# A leader on its way out pauses this long after its release before the rest of its way out
+# (session destroy, threads, watchdog, interpreter): a successor on the same machine, and the
+# Consul agent answering it, then have the CPU for its acquire and its command's exec (about
+# 5 ms here). Shutdown takes this much longer; nothing is held meanwhile.
+HANDOVER_QUIET = 0.02
 # --holders: one holder is the classic leader election (the key itself is the lock); more are
 # slots of their own (see slots.py). Each holder keeps a session and a blocking query, and every
 # candidate follows all the slots: past a few dozen, one key is no longer the right tool.
