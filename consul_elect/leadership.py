@@ -241,7 +241,10 @@ class OpenSession:
 
 @dataclasses.dataclass(frozen=True)
 class Acquire:
+    """Try to lock the key. Exec mode: *lease_offer* is the lease deadline should the acquire
+    succeed, for the watchdog to have before it answers (the spawn then needs one word)."""
     session: str
+    lease_offer: float | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +400,7 @@ class Campaigning:
     # Until then a refused acquire on a free key means a lock-delay: retry quickly.
     quick_retry_until: float = 0.0
     holder_wait: HolderWait | None = None
+    lease_offer: float | None = None  # the last Acquire's (exec mode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -798,7 +802,10 @@ def _campaigning(core: Core, p: Campaigning, event, now: float, rand: float):
             return _set(core, p, next_at=None), [OpenSession()]
         if p.holder_wait is not None:
             return _set(core, p, next_at=None), [CheckHolder(p.holder_wait.session)]
-        return _set(core, p, next_at=None), [Acquire(m.session)]
+        # Exec mode: the lease counts from now, a moment before the acquire is sent (so never
+        # later than the send): the watchdog gets it with the acquire, not after it.
+        offer = None if c.signal_mode else _lease_deadline(core, now)
+        return _set(core, p, next_at=None, lease_offer=offer), [Acquire(m.session, lease_offer=offer)]
     if isinstance(event, SessionOpened):
         core, actions = _consul_up(core)
         core = _with_memory(core, session=event.session)
@@ -956,19 +963,32 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple[Core, Actions]:
+def _lease_deadline(core: Core, sent_at: float) -> float:
+    """The lease an acquire sent at *sent_at* gives: the acquire proves the key ours as of its
+    send time, but Consul's TTL timer runs from the session's last renewal (or its creation):
+    if renewals were failing before, that is sooner."""
     c, m = core.config, core.memory
-    # The acquire proves the key ours as of its send time, but Consul's TTL timer runs from the
-    # session's last renewal (or its creation): if renewals were failing before, that is sooner.
-    deadline = event.sent_at + c.lease_window
+    deadline = sent_at + c.lease_window
     if m.session_proof is not None:
         deadline = min(deadline, m.session_proof + c.ttl_window)
+    return deadline
+
+
+def _elected(core: Core, event: Acquired, now: float, actions: Actions) -> tuple[Core, Actions]:
+    c, m = core.config, core.memory
+    offer = core.phase.lease_offer if isinstance(core.phase, Campaigning) else None
     # The spawn (signal mode: the elected signal) goes first: nothing else stands between the
     # acquire and the command's start.
     if c.signal_mode:
+        deadline = _lease_deadline(core, event.sent_at)
         spawn_first = [SendLease(m.session, deadline), Elect(event.token)]
         phase = Leading(event.token, deadline, m.command_pid)
+    elif offer is not None:
+        deadline = offer  # the watchdog has it already (sent with the acquire)
+        spawn_first = [Spawn(event.token, deadline)]
+        phase = Spawning(event.token, deadline)
     else:
+        deadline = _lease_deadline(core, event.sent_at)
         spawn_first = [SendLease(m.session, deadline), Spawn(event.token, deadline)]
         phase = Spawning(event.token, deadline)
     core = dataclasses.replace(core, phase=phase, memory=dataclasses.replace(m, holder=None))

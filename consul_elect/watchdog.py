@@ -42,7 +42,7 @@ from .config import ACK_POLL, CONTAIN_RETRY_WAIT, FOLLOWER_START_TIMEOUT, KILL_W
 from .exit_codes import SOFTWARE
 from .signals import WATCHDOG_IGNORED
 # The standard library's HTTP only: the watchdog is forked before anything heavier is imported.
-from .transport import put_once
+from .transport import Transport, put_answer, put_once
 
 log = logging.getLogger("consul_elect.watchdog")
 
@@ -51,6 +51,8 @@ GROUP_POLL = 0.01
 # The watchdog's own Consul requests (release, destroy) must not keep the process alive long
 # after the elector is gone.
 CLEANUP_TIMEOUT = 2.0
+# The warm-up request (see _warm_up) must not hold the watchdog's loop for long.
+WARM_UP_TIMEOUT = 0.5
 # After a run ends, the next prepared child (a fork of this 30 MB process: about 5 ms of CPU) is
 # made this much later, not at once: a handover's successor needs the CPU just then, and a
 # leader handing over on its way out needs no prepared child at all. A spawn before then
@@ -69,6 +71,7 @@ class Run:
     kill_at: float | None = None    # when a graceful stop turns into SIGKILL
     reason: str | None = None
     killed: bool = False
+    release_value: str | None = None  # ArmRelease: release with this once confirmed gone
 
 
 @dataclasses.dataclass
@@ -98,6 +101,7 @@ class Watchdog:
         self.prepared: supervisor.PreparedChild | None = None
         self.lease_dir = lease_dir
         self.lease_file = os.path.join(lease_dir, "lease-deadline")
+        self.lease_file_says: float | None = None  # the deadline last written there
         self.cgroup: str | None = None
         self.role_path = config.role_file_path
         # What the role file says: (role, fencing token while leader, the term a demotion ended).
@@ -105,6 +109,7 @@ class Watchdog:
         self.leader_name: str | None = None
         self.term: Term | None = None
         self.exit_code = 0
+        self.consul: Transport | None = None  # kept alive for armed releases (ArmRelease)
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -135,6 +140,8 @@ class Watchdog:
                 role_file.remove(self.role_path)
             supervisor.reap_all()
             containment.remove_cgroup(self.cgroup)
+            if self.consul is not None:
+                self.consul.close()
         return self.exit_code
 
     def _loop(self, wake_r: int) -> None:
@@ -191,12 +198,14 @@ class Watchdog:
             self._send(proto.Pong(msg.seq))
         elif isinstance(msg, proto.SetSession):
             self.session = msg.session
+            if msg.session is not None and not self.config.signal_mode and self.consul is None:
+                self._warm_up()
         elif isinstance(msg, proto.SetLease):
             self.deadline, self.release_value = msg.deadline, msg.release_value
             self.release_key = msg.key or self.config.key
-            if self.run is not None:
-                # Before a spawn the file is written with it (a failover's first lease comes
-                # just ahead of the spawn order: one file write less on the hot path).
+            if self.run is not None or not self.config.signal_mode:
+                # Exec mode without a run: the lease an acquire in flight would give (it binds
+                # nothing until a spawn), written now so that the spawn need not.
                 self._write_lease_file()
             if self.role[0] == role_file.LEADER:
                 self._write_role(*self.role)  # the new lease deadline
@@ -217,6 +226,9 @@ class Watchdog:
                 containment.signal_group(self.run.pid, msg.signo)
         elif isinstance(msg, proto.Stop):
             self._begin_stop(msg.grace)
+        elif isinstance(msg, proto.ArmRelease):
+            if self.run is not None and not self.config.signal_mode and msg.session == self.session:
+                self.run.release_value = msg.value
         elif isinstance(msg, proto.Quit):
             if self.run is not None:
                 self.run.reason = self.run.reason or proto.REASON_STOPPED
@@ -234,7 +246,8 @@ class Watchdog:
         if self.deadline is None or clock.now() >= self.deadline:
             self._send(proto.SpawnFailed(lease_expired=True, code=None, error="lease already expired"))
             return
-        self._write_lease_file()
+        if self.lease_file_says != self.deadline:
+            self._write_lease_file()
         self._write_role(role_file.LEADER, token)
         extra_env = {**extra_env, "CONSUL_ELECT_LEASE_FILE": self.lease_file}
         if not self._launch(extra_env, self.deadline, "exec did not finish within the lease", lease_expired=True):
@@ -457,9 +470,12 @@ class Watchdog:
             # pass or a second scan on a handover's path.
             confirmed, survivors = True, ()
         self._reap()
+        releasing = confirmed and run.release_value is not None and self.session is not None
         trace.mark("watchdog: exited sent")
         self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors,
-                                swept=kill and not killed_main))
+                                swept=kill and not killed_main, releasing=releasing))
+        if releasing:
+            self._send(proto.Released(self._release_armed(run.release_value)))
         self.run = None
         self.term = None
         if not confirmed:
@@ -485,10 +501,13 @@ class Watchdog:
             with open(tmp, "w") as f:
                 f.write(f"{self.deadline:.3f}\n")
             os.replace(tmp, self.lease_file)
+            self.lease_file_says = self.deadline
         except OSError as e:
+            self.lease_file_says = None
             log.warning("cannot write the lease file %s: %s", self.lease_file, e)
 
     def _remove_lease_file(self) -> None:
+        self.lease_file_says = None
         for path in (self.lease_file, self.lease_file + ".tmp"):
             try:
                 os.unlink(path)
@@ -496,6 +515,23 @@ class Watchdog:
                 pass
 
     # -- Consul clean-up on the elector's behalf -------------------------------------------
+
+    def _warm_up(self) -> None:
+        """A new session (exec mode, not leading): one cheap request on the connection the armed
+        release will use. A forked process pays for the first use of its HTTP code in copied
+        pages (2-3 ms here): paid now, not on a handover's path. Failures only cost the warm-up."""
+        try:
+            self.consul = Transport(self.config.connection)
+            self.consul.request("GET", "/v1/status/leader", None, None, WARM_UP_TIMEOUT)
+        except Exception:  # noqa: BLE001 - the release opens its own connection then
+            pass
+
+    def _release_armed(self, value: str) -> bool | None:
+        """The release the elector armed: True/False as Consul answered, None without an answer."""
+        trace.mark("watchdog: release sent")
+        status, answer = put_answer(self.config.connection, f"/v1/kv/{self.release_key}", CLEANUP_TIMEOUT,
+                                    params={"release": self.session}, body=value.encode(), transport=self.consul)
+        return answer.strip() == b"true" if status == 200 else None
 
     def _release_key(self) -> None:
         if self.session is not None:

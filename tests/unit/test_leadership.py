@@ -205,8 +205,8 @@ def test_election_sends_the_spawn_before_anything_is_logged_or_published():
     s.tick()
     acts = s.step(L.Acquired(77, s.now))
     kinds = [type(a) for a in acts]
-    assert kinds[:2] == [L.SendLease, L.Spawn]
-    assert acts[1] == L.Spawn(77, s.now + lease_window())
+    assert kinds[0] == L.Spawn and L.SendLease not in kinds  # the lease went with the acquire
+    assert acts[0] == L.Spawn(77, s.now + lease_window())
     assert s.published() == {"state": LEADER, "fencing_token": 77, "lease_deadline": s.now + lease_window(),
                              "leader": "self"}
     interval = s.of(L.SetRenewInterval)[0]
@@ -550,6 +550,29 @@ def test_lease_ran_out_before_exec_campaigns_again():
     s.step(L.Acquired(9, s.now))
     s.step(L.SpawnFailed(True, None, "lease already expired"))
     assert isinstance(s.phase, L.Campaigning) and "lost leadership" in s.logs()
+
+
+def test_the_acquire_offers_the_watchdog_the_lease_it_would_give_counted_from_before_its_send():
+    s = Script().with_session()
+    acquire, = s.tick()
+    offer = s.now + lease_window()
+    assert acquire == L.Acquire("s1") and acquire.lease_offer == offer
+    # Consul answered late, the send itself a little after the decision: the lease still
+    # counts from the decision (earlier than the send, so never too long) and is the one
+    # the watchdog already has.
+    acts = s.step(L.Acquired(77, s.now + 0.001), at=s.now + 0.3)
+    assert acts[0] == L.Spawn(77, offer) and not s.of(L.SendLease)
+    assert s.phase.deadline == offer
+
+
+def test_the_offered_lease_is_capped_by_the_last_proof_of_the_session():
+    s = Script().with_session()
+    proof = s.core.memory.session_proof
+    s.now += 5.0  # no renewal came meanwhile
+    acquire, = s.tick(at=s.now)
+    assert acquire.lease_offer == proof + s.config.ttl_window < s.now + lease_window()
+    s.step(L.Acquired(77, s.now))
+    assert s.phase.deadline == acquire.lease_offer
 
 
 def test_spawned_publishes_the_child_start():
