@@ -324,19 +324,12 @@ def elect_phases(wd: Path, names: list[str], samples: list[dict], lives: dict) -
 TRACE_FILE = "trace.log"
 # One handover, point by point (consul_elect/trace.py marks), as (point, whose): "old" the
 # leader handing over (its elector or watchdog), "new" its successor's, "child" the new child.
-# The release is the watchdog's when the elector armed it in time (ArmRelease), else the elector's.
 TRACE_CHAIN = [
-    ("watchdog: command reaped", "old"), ("watchdog: exited sent", "old"),
-    ("watchdog|elector: release sent", "old"), ("watcher: key answer", "new"), ("elector: key news in", "new"),
+    ("watchdog: command reaped", "old"), ("watchdog: exited sent", "old"), ("elector: exited in", "old"),
+    ("elector: release sent", "old"), ("watcher: key answer", "new"), ("elector: key news in", "new"),
     ("elector: acquire sent", "new"), ("elector: acquired", "new"), ("elector: spawn sent", "new"),
     ("watchdog: spawn order in", "new"), ("watchdog: go sent", "new"),
 ]
-
-
-def _is_point(name: str, point: str) -> bool:
-    """Does the mark *name* stand for *point* ("a|b: what" stands for "a: what" and "b: what")?"""
-    whos, _, what = point.partition(": ")
-    return any(name == f"{who}: {what}" for who in whos.split("|"))
 
 
 def trace_steps(path: Path, samples: list[dict], lives: dict) -> dict | None:
@@ -356,8 +349,8 @@ def trace_steps(path: Path, samples: list[dict], lives: dict) -> dict | None:
         times = [old.end]
         for point, whose in TRACE_CHAIN:
             pid = {"old": s["old_wrapper"], "new": s["new_wrapper"], "child": s["new_pid"]}[whose]
-            found = [t for t, p, name in window if _is_point(name, point)
-                     and (p == pid or name.startswith("watchdog")) and t >= times[-1] - 0.0005]
+            found = [t for t, p, name in window if name == point and (p == pid or point.startswith("watchdog"))
+                     and t >= times[-1] - 0.0005]
             if not found:
                 break
             times.append(found[0])

@@ -84,6 +84,11 @@ HOLDER_POLL = 0.1
 # costs little.
 HANDOVER_SUCCESSORS = 3
 HANDOVER_TURN = 0.2
+# A new leader leaves the queue this long after its command was started (Spawned comes as the
+# exec begins): every waiter far back wakes on that change and reads the key, and a hundred of
+# them on one machine would take the CPU from the command's exec (~1.5 ms here). Only their view
+# of the leader waits for it.
+QUEUE_LEAVE_DELAY = 0.05
 # The release waits this long at most for the queue read begun when the command was told to
 # stop (usually long done); after it, the release names no one rather than wait for Consul.
 SUCCESSORS_READ_WAIT = 0.5

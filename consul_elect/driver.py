@@ -26,7 +26,7 @@ from . import watchdog_protocol as proto
 from .clock import utc_now_iso
 from .config import Config
 from .consul_api import ConsulClient
-from .elector import KeyWatcher, QueueWatcher, SessionKeeper, SideRequests, SlotsRead
+from .elector import KeyWatcher, SessionKeeper, SideRequests, SlotsRead
 from .errors import ConsulError, HoldersMismatch, PermissionDenied, UsageError
 from .hooks import Hooks
 from .leadership import (
@@ -92,13 +92,7 @@ class Driver:
         self.successors: tuple[str, tuple[str, ...]] | None = None  # (for our session, who)
         self.successors_read: threading.Event | None = None  # set once that read is over
         self.side = SideRequests(config.connection)
-        self.queue_watcher: QueueWatcher | None = None  # while we lead: who would come next
-        self.release_prepared_for: str | None = None  # the session _prepare_release ran for
         self.leaving = False
-        # The watchdog's armed release (ArmRelease): set when its Released came (or it was lost).
-        self.watchdog_release: threading.Event | None = None
-        self.watchdog_released: bool | None = None
-        self._released_news = threading.Event()  # the link thread's reference to the same event
         self.dead_entries: tuple[str, ...] = ()
 
     # -- the one way in and out --------------------------------------------------------------
@@ -125,7 +119,7 @@ class Driver:
 
     def _start_services(self) -> None:
         # First: if anything below fails, the way out must hear the watchdog's answers at once.
-        self.watchdog.listen(self._on_watchdog_message, self._on_watchdog_lost)
+        self.watchdog.listen(self._on_watchdog_message, lambda: self.events.put(WatchdogLost()))
         role_path = self.config.role_file_path
         if role_path is not None and not os.access(os.path.dirname(role_path), os.W_OK | os.X_OK):
             raise UsageError(f"cannot write the role file {role_path}: its directory is missing or not writable "
@@ -172,7 +166,6 @@ class Driver:
             self.watcher.stop()
         if self.keeper is not None:
             self.keeper.stop()
-        self._stop_watching_queue()
         self.side.stop()
         if self.status_server is not None:
             self.status_server.stop()
@@ -299,15 +292,7 @@ class Driver:
             self.events.put(Spawned(message.pid))
         elif isinstance(message, proto.SpawnFailed):
             self.events.put(SpawnFailed(message.lease_expired, message.code, message.error))
-        elif isinstance(message, proto.Released):
-            self.watchdog_released = message.released
-            self._released_news.set()
         elif isinstance(message, proto.Exited):
-            if message.releasing:
-                # Made before the event is posted, for _release to wait on (and to take: this
-                # thread keeps its own reference for the answer).
-                self.watchdog_released = None
-                self._released_news = self.watchdog_release = threading.Event()
             self.events.put(ChildExited(message.pid, message.status, message.reason, message.killed,
                                         message.confirmed, message.survivors, message.swept))
         elif isinstance(message, proto.Elected):
@@ -318,11 +303,6 @@ class Driver:
             self.events.put(Acked(message.token))
         elif isinstance(message, proto.CommandStopped):
             self.events.put(leadership.CommandStopped(message.pid, message.signo))
-
-    def _on_watchdog_lost(self) -> None:
-        """Runs on the link's reader thread: the watchdog is gone (no Released will come)."""
-        self._released_news.set()
-        self.events.put(WatchdogLost())
 
     def _install_signal_handlers(self) -> None:
         def post(signo, _frame):
@@ -357,7 +337,7 @@ class Driver:
         elif isinstance(action, Elect):
             self.watchdog.send(proto.Elect(action.token))
         elif isinstance(action, Demote):
-            self._prepare_release(self.core.memory.session)
+            self._read_successors(self.core.memory.session)
             self.watchdog.send(proto.Demote(action.token))
         elif isinstance(action, StartCommand):
             self.watchdog.send(proto.Start(self._role_env()))
@@ -369,8 +349,7 @@ class Driver:
             value = self.identity.to_value(action.session, self.leader_since or utc_now_iso(), released=True)
             self.watchdog.send(proto.SetLease(action.deadline, value.decode(), self.elected_key or ""))
         elif isinstance(action, StopChild):
-            # First: an armed release must reach the watchdog before the stop order does.
-            self._prepare_release(self.core.memory.session)
+            self._read_successors(self.core.memory.session)
             self.watchdog.send(proto.Stop(action.grace))
         elif isinstance(action, Forward):
             self.watchdog.send(proto.ForwardSignal(action.signo))
@@ -397,7 +376,6 @@ class Driver:
             self._end_session(action.session, action.release)
         elif isinstance(action, LeaveQueue):
             self._leave_queue(action.session, wait=False)
-            self._watch_queue(action.session)
         else:
             return self._consul(action)
         return None
@@ -454,7 +432,6 @@ class Driver:
             # meanwhile (the session's destroy, a Raft write beside its acquire; our threads,
             # our watchdog, the interpreter) made that path ~1.5 ms slower here.
             time.sleep(defaults.HANDOVER_QUIET)
-        self._stop_watching_queue()
         if self.keeper is not None and self.keeper.session == session:
             self.keeper.stop()
             self.keeper = None
@@ -475,24 +452,14 @@ class Driver:
         """Release the key if we hold it; True when Consul says it did."""
         # The command is gone by now: waiting for the queue read costs no lease, only (at
         # worst) the names in the release.
-        if self.release_prepared_for != session and self.elected_session == session:
-            self._prepare_release(session)
-        self.release_prepared_for = None
+        if self.successors_read is None and self.elected_session == session:
+            self._read_successors(session)
         if self.successors_read is not None:
             self.successors_read.wait(defaults.SUCCESSORS_READ_WAIT)
             self.successors_read = None
         successors = self.successors[1] if self.successors is not None and self.successors[0] == session else ()
         self.successors = None
         key = self.elected_key if self.elected_session == session else self.config.key
-        armed, self.watchdog_release = self.watchdog_release, None
-        if armed is not None and self.elected_session == session:
-            # The watchdog released as soon as it confirmed the command gone; its answer, or
-            # (no answer, or not released) our own release below.
-            armed.wait(defaults.REQUEST_TIMEOUT)
-            if self.watchdog_released:
-                self.elected_session = self.elected_key = None
-                log.info("released %s", key)
-                return True
         self.elected_session = self.elected_key = None
         if self.slot_view is not None and key == self.config.key:
             return False  # with --holders the key itself is nobody's lock: no slot of ours to release
@@ -557,38 +524,16 @@ class Driver:
             if wait:
                 self._delete_quietly(entry)
             else:
-                self.side.submit("leave-queue", lambda client: _retried(lambda: client.delete_key(entry)))
+                def leave(client: ConsulClient) -> None:
+                    time.sleep(defaults.QUEUE_LEAVE_DELAY)
+                    _retried(lambda: client.delete_key(entry))
 
-    def _watch_queue(self, session: str) -> None:
-        """From our election on: keep the queue in view, so that the release is ready when the
-        command is told to stop. Started by the side thread: the loop only hands it over."""
-        if self.elected_session != session or self.queue_watcher is not None:
-            return
-        watcher = self.queue_watcher = QueueWatcher(self.config, lambda entries: self._queue_seen(session, entries))
-        self.side.submit("watch-queue", lambda _client: watcher.start())
+                self.side.submit("leave-queue", leave)
 
-    def _stop_watching_queue(self) -> None:
-        if self.queue_watcher is not None:
-            self.queue_watcher.stop()
-            self.queue_watcher = None
-
-    def _queue_seen(self, session: str, entries: list) -> None:
-        """Who the release will name, and whose entries are dead (on the thread that read them)."""
-        self.dead_entries = tuple(e.key for e in entries if e.session is None)
-        self.successors = (session, lock_key.successors(entries, session, defaults.HANDOVER_SUCCESSORS))
-
-    def _prepare_release(self, session: str | None) -> None:
-        """Our command is told to stop (or it ended): have the release ready. The queue as
-        our watch sees it; without a fresh view, read in the background (the loop keeps the
-        lease's timers, a backup kill among them). Exec mode: then arm the watchdog with it."""
+    def _read_successors(self, session: str | None) -> None:
+        """While our command stops (in the background: the loop keeps the lease's timers, a
+        backup kill among them): who the release will name, and whose entries are dead."""
         if session is None or self.elected_session != session:
-            return
-        self.release_prepared_for = session
-        fresh = self.queue_watcher is not None and self.queue_watcher.fresh
-        self._stop_watching_queue()  # from now on a change only wakes a query on a handover's path
-        if fresh and self.successors is not None and self.successors[0] == session:
-            self.successors_read = None
-            self._arm_release(session)
             return
 
         done = threading.Event()
@@ -596,23 +541,14 @@ class Driver:
         def read(client: ConsulClient) -> None:
             try:
                 _, entries = client.read_queue(lock_key.queue_prefix(self.config.key))
-                self._queue_seen(session, entries)
-                self._arm_release(session)
+                self.dead_entries = tuple(e.key for e in entries if e.session is None)
+                self.successors = (session, lock_key.successors(entries, session, defaults.HANDOVER_SUCCESSORS))
             finally:
                 done.set()
 
         self.successors = None
         self.successors_read = done
         self.side.submit("read-queue", read)
-
-    def _arm_release(self, session: str) -> None:
-        """Exec mode: the release as we would write it goes to the watchdog, which sends it the
-        moment the command is confirmed gone (one hop sooner than we could)."""
-        if self.config.signal_mode or self.successors is None or self.successors[0] != session:
-            return
-        value = self.identity.to_value(session, self.leader_since or utc_now_iso(), released=True,
-                                       successors=self.successors[1])
-        self.watchdog.send(proto.ArmRelease(value.decode(), session))
 
     def _delete_quietly(self, key: str) -> None:
         try:

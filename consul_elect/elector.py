@@ -128,32 +128,6 @@ class SideRequests(threading.Thread):
                 log.error("internal error in the %s request: %s: %s", name, type(e).__name__, e)
 
 
-class QueueWatcher(BlockingQueryLoop):
-    """A leader's view of the queue of candidates, kept fresh with a blocking query, so that
-    when its command is told to stop, the release (with the successors it names) is ready to
-    go: armed in the watchdog before the stop order (watchdog.ArmRelease). on_entries(entries)
-    runs on this thread after each answer; a token that may not read the queue ends it."""
-
-    def __init__(self, config: Config, on_entries: Callable[[list], None]) -> None:
-        prefix = queue_prefix(config.key)
-
-        def fetch(client, index):
-            return client.read_queue(prefix, index=index, wait=defaults.WATCH_WAIT)
-
-        super().__init__("queue-watcher", config.connection, fetch, self._answer, self._error)
-        self.on_entries = on_entries
-        self.fresh = False  # the last query answered (an error makes the view doubtful)
-
-    def _answer(self, _index: int, entries: list) -> None:
-        self.on_entries(entries)
-        self.fresh = True
-
-    def _error(self, error: ConsulError) -> None:
-        self.fresh = False
-        if isinstance(error, PermissionDenied):
-            self.stop()
-
-
 class SlotsRead:
     """--holders: every slot as the watcher read it ({slot: state or None}); the driver turns
     it into the KeyChanged the core sees."""

@@ -94,23 +94,27 @@ def check_command(argv: tuple[str, ...], env_path: str | None) -> None:
     try:
         exec_target(argv[0], env_path)
     except OSError as e:
-        if e.errno == errno.EACCES:
-            raise CommandNotExecutable(f"command not executable: {e.filename}") from None
-        raise CommandNotFound(f"command not found: {argv[0]}") from None
+        if e.errno == errno.ENOENT:
+            raise CommandNotFound(f"command not found: {argv[0]}") from None
+        raise CommandNotExecutable(f"command not executable: {e.filename} ({e.strerror})") from None
 
 
 # The prepared child waits as this shell, not as a fork of the watchdog: an exec from a 30 MB
 # Python process must first unmap it, and reaches the command's first instruction ~1.5 ms later
 # than an exec from a shell (measured here: 2.6 vs 1.2 ms), on every handover's path.
 SHELL_WAITER = "/bin/sh"
-# It reads its orders from fd 3 (written in one piece, then closed): exports, then the go word.
-# A pipe closed without one (cancel) runs nothing. Fd 3 is closed for the command.
-_WAITER_SCRIPT = '. /proc/self/fd/3; [ "$_consul_elect_go" = 1 ] || exit 0; unset _consul_elect_go; exec "$@" 3<&-'
+# It reads its orders from a pipe on a free fd N in 3..9 (a shell names only one-digit fds), written
+# in one piece, then closed: exports, then the go word. A pipe closed without one (cancel) runs
+# nothing. Fd N is closed for the command.
+_WAITER_SCRIPT = ('unset _consul_elect_go; . /proc/self/fd/{fd}; [ "$_consul_elect_go" = 1 ] || exit 0; '
+                  'unset _consul_elect_go; exec "$@" {fd}<&-')
 _GO = "_consul_elect_go=1\n"
-_WAITER_FD = 3
-# What a POSIX shell changes in the environment it passes on (it resets these, and drops any
-# name that is not an identifier): with any of them set, the command is exec'd from Python.
-_SHELL_SETS = frozenset({"IFS", "OPTIND", "PPID"})
+# Only dash is known to pass the environment on as it got it, but for these (it resets them,
+# and drops any name that is not an identifier): with any of them set, or another shell as
+# /bin/sh (bash adds SHLVL, drops `_`, rewrites LINENO, obeys SHELLOPTS), the command is
+# exec'd from Python.
+_SHELL_SETS = frozenset({"IFS", "OPTIND", "PPID", "_consul_elect_go"})
+_KNOWN_SHELLS = frozenset({"dash"})
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _shell_failed = False  # the waiter could not be exec'd once: the Python path from then on
 # Executable formats the kernel runs itself; a shell would run anything else as a script where
@@ -122,6 +126,8 @@ def _shell_passes_on(environ: dict[str, str]) -> bool:
     """Does the environment reach the command unchanged through the shell waiter? (PWD, which
     the shell sets too, is put back by the orders; see _orders.)"""
     if _shell_failed or "PATH" not in environ or not os.access(SHELL_WAITER, os.X_OK):
+        return False
+    if os.path.basename(os.path.realpath(SHELL_WAITER)) not in _KNOWN_SHELLS:
         return False
     if not os.path.isdir("/proc/self/fd"):
         return False
@@ -151,7 +157,9 @@ def exec_target(prog: str, path: str | None) -> str:
     for candidate in candidates:
         try:
             st = os.stat(candidate)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR) and failure == errno.ENOENT:
+                failure, named = e.errno, candidate  # EACCES, ELOOP, ...: exec fails so (126)
             continue
         if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
             return candidate
@@ -182,7 +190,8 @@ class PreparedChild:
     def __init__(self, argv: list[str], cgroup: str | None = None, shell: bool = True) -> None:
         self.argv = argv
         self.cgroup = cgroup
-        self.shell = shell and _shell_passes_on(os.environ)
+        self.order_fd = _free_order_fd() if shell and _shell_passes_on(os.environ) else None
+        self.shell = self.order_fd is not None
         parent = os.getpid()
         go_r, self._go_w = os.pipe()
         self._err_r, err_w = os.pipe()  # close-on-exec by default: EOF means exec succeeded
@@ -196,7 +205,7 @@ class PreparedChild:
                 # (measured here), about as much as the rest of a handover.
                 join_cgroup(cgroup)
                 if self.shell:
-                    _exec_waiter(go_r, err_w, argv)
+                    _exec_waiter(go_r, err_w, argv, self.order_fd)
                 with os.fdopen(go_r, "rb") as go:
                     order = go.read()
                 if not order:
@@ -234,16 +243,23 @@ class PreparedChild:
         global _shell_failed
         try:
             target = exec_target(self.argv[0], os.environ.get("PATH"))
-        except OSError:
+            python_way = not _kernel_runs(target)
+            if not python_way:
+                try:
+                    self._exec_result(deadline, "the waiting shell did not start within the lease")
+                except TimeoutError:
+                    raise
+                except OSError:
+                    _shell_failed = True  # exec of the shell itself failed: not again
+                    python_way = True
+            if clock.now() >= deadline:
+                # The checks above touch the file system, which may hang: never start late.
+                raise TimeoutError("the checks before exec did not finish within the lease")
+        except BaseException:
             self.cancel()
             raise
-        if not _kernel_runs(target):
+        if python_way:
             self.cancel()
-            return PreparedChild(self.argv, self.cgroup, shell=False).launch(extra_env, deadline)
-        try:
-            self._exec_result(deadline, "the waiting shell did not start within the lease")
-        except OSError:
-            _shell_failed = True  # exec of the shell itself failed: not again
             return PreparedChild(self.argv, self.cgroup, shell=False).launch(extra_env, deadline)
         with os.fdopen(self._go_w, "wb") as go:
             go.write(_orders(extra_env))
@@ -273,18 +289,31 @@ class PreparedChild:
                 pass
 
 
-def _exec_waiter(go_r: int, err_w: int, argv: list[str]) -> None:
-    """In the prepared child: become the shell waiter, orders on fd 3 (raises OSError if not)."""
-    if err_w == _WAITER_FD:
-        err_w = os.dup(err_w)  # keep it (close-on-exec) off the waiter's fd
-        os.close(_WAITER_FD)
-    if go_r == _WAITER_FD:
+def _free_order_fd() -> int | None:
+    """A one-digit fd the command would not inherit (closed, or close-on-exec), for the orders;
+    None when the command inherits all of them (it then gets them all, from Python's exec)."""
+    for fd in range(3, 10):
+        try:
+            if not os.get_inheritable(fd):
+                return fd
+        except OSError:
+            return fd
+    return None
+
+
+def _exec_waiter(go_r: int, err_w: int, argv: list[str], order_fd: int) -> None:
+    """In the prepared child: become the shell waiter, orders on *order_fd* (raises OSError if not)."""
+    if err_w == order_fd:
+        err_w = os.dup(err_w)  # keep it (close-on-exec) off the orders' fd
+        os.close(order_fd)
+    if go_r == order_fd:
         os.set_inheritable(go_r, True)
     else:
-        os.dup2(go_r, _WAITER_FD, inheritable=True)
+        os.dup2(go_r, order_fd, inheritable=True)
         os.close(go_r)
+    script = _WAITER_SCRIPT.format(fd=order_fd)
     try:
-        os.execve(SHELL_WAITER, [SHELL_WAITER, "-c", _WAITER_SCRIPT, "consul-elect-waiter", *argv], os.environ)
+        os.execve(SHELL_WAITER, [SHELL_WAITER, "-c", script, "consul-elect-waiter", *argv], os.environ)
     except OSError as e:
         os.write(err_w, str(e.errno).encode())
         os._exit(EXIT_NOT_FOUND)

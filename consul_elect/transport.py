@@ -663,38 +663,29 @@ def _words(reason: str) -> str:
 
 
 def put_once(conn: Connection, path: str, timeout: float, params: dict | None = None,
-             body: bytes | None = None, transport: Transport | None = None) -> int | None:
-    """One PUT; the HTTP status, or None when no answer came. Never raises.
+             body: bytes | None = None) -> int | None:
+    """One PUT on a fresh connection; the HTTP status, or None when no answer came. Never raises.
 
     For the watchdog's clean-up on the elector's behalf (release the key, destroy the session).
-    On a fresh connection, closed after, unless *transport* is given (kept alive: see
-    put_answer). A query may be given as *params* or, when *params* is None, after a '?' in
-    *path*; *body* is sent as is (a KV PUT with ?release= also writes it as the key's value).
-    Logs a warning (without the token, the query, the body, or any header) when Consul did not
-    answer 200.
+    A query may be given as *params* or, when *params* is None, after a '?' in *path*; *body*
+    is sent as is (a KV PUT with ?release= also writes it as the key's value). Logs a warning
+    (without the token, the query, the body, or any header) when Consul did not answer 200.
     """
-    return put_answer(conn, path, timeout, params, body, transport)[0]
-
-
-def put_answer(conn: Connection, path: str, timeout: float, params: dict | None = None,
-               body: bytes | None = None, transport: Transport | None = None) -> tuple[int | None, bytes]:
-    """put_once, with the answer's body: (status, body), or (None, b"")."""
     if params is None and "?" in path:
         path, _, query = path.partition("?")
         params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-    own = transport is None
+    transport = None
     try:
-        if own:
-            transport = Transport(conn)
+        transport = Transport(conn)
         status, headers, answer = transport.request("PUT", path, params, body, timeout)
         if status != 200:
             log.warning("Consul answered PUT %s with: %s", path, transport.answer_error(status, headers, answer))
-        return status, answer
+        return status
     except ElectError as e:
         log.warning("PUT %s did not reach Consul: %s", path, e)
     except Exception as e:  # noqa: BLE001 - the watchdog's clean-up must never raise
         log.warning("PUT %s failed: %s", path, scrub(one_line(f"{type(e).__name__}: {e}"), (conn.token,)))
     finally:
-        if own and transport is not None:
+        if transport is not None:
             transport.close()
-    return None, b""
+    return None

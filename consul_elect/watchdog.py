@@ -42,7 +42,7 @@ from .config import ACK_POLL, CONTAIN_RETRY_WAIT, FOLLOWER_START_TIMEOUT, KILL_W
 from .exit_codes import SOFTWARE
 from .signals import WATCHDOG_IGNORED
 # The standard library's HTTP only: the watchdog is forked before anything heavier is imported.
-from .transport import Transport, put_answer, put_once
+from .transport import put_once
 
 log = logging.getLogger("consul_elect.watchdog")
 
@@ -51,8 +51,6 @@ GROUP_POLL = 0.01
 # The watchdog's own Consul requests (release, destroy) must not keep the process alive long
 # after the elector is gone.
 CLEANUP_TIMEOUT = 2.0
-# The warm-up request (see _warm_up) must not hold the watchdog's loop for long.
-WARM_UP_TIMEOUT = 0.5
 # After a run ends, the next prepared child (a fork of this 30 MB process: about 5 ms of CPU) is
 # made this much later, not at once: a handover's successor needs the CPU just then, and a
 # leader handing over on its way out needs no prepared child at all. A spawn before then
@@ -71,7 +69,6 @@ class Run:
     kill_at: float | None = None    # when a graceful stop turns into SIGKILL
     reason: str | None = None
     killed: bool = False
-    release_value: str | None = None  # ArmRelease: release with this once confirmed gone
 
 
 @dataclasses.dataclass
@@ -109,7 +106,6 @@ class Watchdog:
         self.leader_name: str | None = None
         self.term: Term | None = None
         self.exit_code = 0
-        self.consul: Transport | None = None  # kept alive for armed releases (ArmRelease)
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -140,8 +136,6 @@ class Watchdog:
                 role_file.remove(self.role_path)
             supervisor.reap_all()
             containment.remove_cgroup(self.cgroup)
-            if self.consul is not None:
-                self.consul.close()
         return self.exit_code
 
     def _loop(self, wake_r: int) -> None:
@@ -198,8 +192,6 @@ class Watchdog:
             self._send(proto.Pong(msg.seq))
         elif isinstance(msg, proto.SetSession):
             self.session = msg.session
-            if msg.session is not None and not self.config.signal_mode and self.consul is None:
-                self._warm_up()
         elif isinstance(msg, proto.SetLease):
             self.deadline, self.release_value = msg.deadline, msg.release_value
             self.release_key = msg.key or self.config.key
@@ -226,9 +218,6 @@ class Watchdog:
                 containment.signal_group(self.run.pid, msg.signo)
         elif isinstance(msg, proto.Stop):
             self._begin_stop(msg.grace)
-        elif isinstance(msg, proto.ArmRelease):
-            if self.run is not None and not self.config.signal_mode and msg.session == self.session:
-                self.run.release_value = msg.value
         elif isinstance(msg, proto.Quit):
             if self.run is not None:
                 self.run.reason = self.run.reason or proto.REASON_STOPPED
@@ -470,12 +459,9 @@ class Watchdog:
             # pass or a second scan on a handover's path.
             confirmed, survivors = True, ()
         self._reap()
-        releasing = confirmed and run.release_value is not None and self.session is not None
         trace.mark("watchdog: exited sent")
         self._send(proto.Exited(run.pid, run.status, run.reason, run.killed, confirmed, survivors,
-                                swept=kill and not killed_main, releasing=releasing))
-        if releasing:
-            self._send(proto.Released(self._release_armed(run.release_value)))
+                                swept=kill and not killed_main))
         self.run = None
         self.term = None
         if not confirmed:
@@ -515,23 +501,6 @@ class Watchdog:
                 pass
 
     # -- Consul clean-up on the elector's behalf -------------------------------------------
-
-    def _warm_up(self) -> None:
-        """A new session (exec mode, not leading): one cheap request on the connection the armed
-        release will use. A forked process pays for the first use of its HTTP code in copied
-        pages (2-3 ms here): paid now, not on a handover's path. Failures only cost the warm-up."""
-        try:
-            self.consul = Transport(self.config.connection)
-            self.consul.request("GET", "/v1/status/leader", None, None, WARM_UP_TIMEOUT)
-        except Exception:  # noqa: BLE001 - the release opens its own connection then
-            pass
-
-    def _release_armed(self, value: str) -> bool | None:
-        """The release the elector armed: True/False as Consul answered, None without an answer."""
-        trace.mark("watchdog: release sent")
-        status, answer = put_answer(self.config.connection, f"/v1/kv/{self.release_key}", CLEANUP_TIMEOUT,
-                                    params={"release": self.session}, body=value.encode(), transport=self.consul)
-        return answer.strip() == b"true" if status == 200 else None
 
     def _release_key(self) -> None:
         if self.session is not None:

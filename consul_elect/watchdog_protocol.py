@@ -4,9 +4,7 @@ Newline-delimited JSON over a stream socketpair: `{"type": "<class name>", ...fi
 Every order that changes what runs gets an answer: `Spawn` and `Start` -> `Spawned` or
 `SpawnFailed`; `Stop` and `Quit` -> `Exited` (also when nothing was running); `Ping` -> `Pong`.
 The elector releases the key only on an `Exited` whose `confirmed` is true: the command's process
-group, its cgroup (where there is one) and every orphan the watchdog adopted are gone. After an
-`ArmRelease` the watchdog does that release itself, right after the confirmation: `Exited`
-(`releasing`), then `Released`.
+group, its cgroup (where there is one) and every orphan the watchdog adopted are gone.
 
 Signal mode (the command runs on every candidate): `Elect` -> `Elected` once the role file says
 leader and the elected signal was sent; `Demote` -> `Demoted` once it says follower and the
@@ -86,16 +84,6 @@ class Stop:
 
 
 @dataclasses.dataclass(frozen=True)
-class ArmRelease:
-    """Exec mode, while the command stops: once this run is confirmed gone, release the key at
-    once with *value* (the holder's identity marked `released`, naming the successors), and
-    say how it went with `Released`; a handover then skips the hop back to the elector. Only
-    for *session*, the one the watchdog was told (SetSession) when it comes."""
-    value: str
-    session: str
-
-
-@dataclasses.dataclass(frozen=True)
 class Quit:
     """Kill whatever runs, confirm it gone, answer `Exited`, and exit."""
 
@@ -141,13 +129,6 @@ class Exited:
     confirmed: bool
     survivors: tuple = ()
     swept: bool = False
-    releasing: bool = False  # armed (ArmRelease) and confirmed: the watchdog releases, `Released` follows
-
-
-@dataclasses.dataclass(frozen=True)
-class Released:
-    """The watchdog's armed release: *released* as Consul answered it (None: no answer)."""
-    released: bool | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,8 +164,8 @@ class Acked:
 
 
 _TYPES = {cls.__name__: cls for cls in (SetSession, SetLease, Spawn, Start, Elect, Demote, SetLeader, ForwardSignal,
-                                         Stop, ArmRelease, Quit, Ping, Spawned, SpawnFailed, Exited, Released, Pong,
-                                         Elected, Demoted, Acked, CommandStopped)}
+                                         Stop, Quit, Ping, Spawned, SpawnFailed, Exited, Pong, Elected, Demoted, Acked,
+                                         CommandStopped)}
 
 
 def encode(message) -> bytes:

@@ -8,6 +8,7 @@ outcome of the exec. Either way the command must see exactly what a plain exec w
 import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -152,3 +153,49 @@ def test_the_waiter_is_in_its_own_process_group_and_the_command_keeps_it(environ
     pid = child.launch({}, clock.now() + 20)
     assert pid == child.pid and wait_exit(pid) == 0
     assert int(out.read_text()) == child.pid
+
+
+def test_an_inherited_low_fd_reaches_the_command_and_the_orders_use_another(environ, tmp_path):
+    """The orders' pipe takes a one-digit fd the command would not inherit anyway."""
+    fd = next(fd for fd in range(3, 10) if fd not in inheritable_fds())
+    saved = os.dup(fd) if _open(fd) else None  # pytest's own, put back after
+    log = tmp_path / "inherited"
+    opened = os.open(log, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.dup2(opened, fd, inheritable=True)
+    os.close(opened)
+    try:
+        child, seen = run_report(tmp_path)
+        assert child.shell and child.order_fd != fd
+        assert seen["fds"][str(fd)] == str(log)
+    finally:
+        if saved is None:
+            os.close(fd)
+        else:
+            os.dup2(saved, fd, inheritable=False)
+            os.close(saved)
+
+
+def test_the_go_word_in_the_environment_never_starts_a_cancelled_waiter(environ, tmp_path):
+    environ.setenv("_consul_elect_go", "1")
+    marker = tmp_path / "ran"
+    child = supervisor.PreparedChild(["/bin/sh", "-c", f"touch {marker}"])
+    child.cancel()
+    assert wait_exit(child.pid) == 0
+    assert not marker.exists()
+
+
+def test_a_shell_other_than_dash_is_not_trusted_with_the_environment(environ, tmp_path, monkeypatch):
+    bash = shutil.which("bash")
+    assert bash and os.path.basename(os.path.realpath(bash)) == "bash", "this test needs bash"
+    monkeypatch.setattr(supervisor, "SHELL_WAITER", bash)
+    child, seen = run_report(tmp_path)
+    assert not child.shell
+    assert "SHLVL" not in seen["env"] or seen["env"].get("SHLVL") == os.environ.get("SHLVL")
+
+
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False

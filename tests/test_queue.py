@@ -112,34 +112,6 @@ def test_the_release_names_the_successors_in_turn(consul_agent, candidates):
     assert_no_overlap(candidates.events)
 
 
-def test_the_watchdog_releases_once_the_command_is_gone_naming_the_successors(consul_agent, candidates,
-                                                                             tmp_path):
-    """While the command stops, the elector arms its watchdog with the release it would write
-    (ArmRelease): the watchdog sends it the moment the command is confirmed gone, one hop
-    sooner, with the same identity and successors."""
-    key = "svc/queue-armed"
-    trace = tmp_path / "trace.log"
-    slow_to_stop = ["sh", "-c", "trap 'sleep 0.3; exit 0' TERM; while :; do sleep 0.05; done"]
-    a = candidates(consul_agent.http_addr, key, "a", command=slow_to_stop, env={"CONSUL_ELECT_TRACE": str(trace)})
-    wait_for(lambda: "started the command" in a.log(), 10, what="a to lead")
-    b = candidates(consul_agent.http_addr, key, "b", command=slow_to_stop)
-    wait_for(lambda: "following a" in b.log(), 10, what="b to follow a")
-    sessions = json.loads(consul_agent.request("GET", "/v1/session/list")[1])
-    b_session = next(s["ID"] for s in sessions if s["Name"].split()[-1] == "b")
-    b.send_signal(signal.SIGSTOP)  # so the released value stays there to be read
-    try:
-        a.send_signal(signal.SIGTERM)
-        assert a.wait(10) == 0, a.log()
-        value = key_value(consul_agent, key)
-        assert value["name"] == "a" and value["released"] is True and value["next"] == [b_session]
-        marks = trace.read_text()
-        assert "watchdog: release sent" in marks and "elector: release sent" not in marks, marks
-        assert "released " + key in a.log()
-    finally:
-        b.send_signal(signal.SIGCONT)
-    wait_for(lambda: "elected leader" in b.log(), 10, what="b to take over")
-
-
 def test_a_crashed_waiters_entry_is_cleared_at_the_next_handover(consul_agent, candidates):
     key = "svc/queue-dead"
     made = lined_up(consul_agent, candidates, consul_agent.http_addr, key, ["a", "b", "c"])
