@@ -76,6 +76,22 @@ def run_report(tmp_path, extra_env: dict[str, str] | None = None):
     return child, json.loads(out.read_text())
 
 
+def marking_script(path, first_line: str):
+    """An executable file that, when it runs, creates the returned marker."""
+    marker = path.parent / "ran"
+    path.write_text(f"{first_line}touch {marker}\n")
+    path.chmod(0o755)
+    return path, marker
+
+
+def failed_launch(child) -> OSError:
+    """Launch through the shell waiter, which must refuse with an OSError."""
+    assert child.shell
+    with pytest.raises(OSError) as e:
+        child.launch({}, clock.now() + 20)
+    return e.value
+
+
 def test_the_command_sees_the_environment_unchanged_through_the_shell_waiter(environ, tmp_path):
     child, seen = run_report(tmp_path)
     assert child.shell, "this environment passes through a shell unchanged: the shell waiter is used"
@@ -104,35 +120,25 @@ def test_an_environment_a_shell_would_change_is_exec_d_from_python(environ, tmp_
 
 def test_a_script_without_a_shebang_fails_as_exec_fails(environ, tmp_path):
     """A shell would run it as a shell script; exec(2) refuses it (ENOEXEC), and so do we."""
-    script = tmp_path / "no-shebang"
-    marker = tmp_path / "ran"
-    script.write_text(f"touch {marker}\n")
-    script.chmod(0o755)
+    script, marker = marking_script(tmp_path / "no-shebang", "")
     child = supervisor.PreparedChild([str(script)])
-    assert child.shell
-    with pytest.raises(OSError) as e:
-        child.launch({}, clock.now() + 20)
-    assert e.value.errno == errno.ENOEXEC
+    e = failed_launch(child)
+    assert e.errno == errno.ENOEXEC
     assert wait_exit(child.pid) == 0  # the waiter was let go without running anything
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("problem, code", [("removed", errno.ENOENT), ("not executable", errno.EACCES)])
 def test_a_command_gone_bad_after_the_prepare_fails_the_launch(environ, tmp_path, problem, code):
-    command = tmp_path / "cmd"
-    marker = tmp_path / "ran"
-    command.write_text(f"#!/bin/sh\ntouch {marker}\n")
-    command.chmod(0o755)
+    command, marker = marking_script(tmp_path / "cmd", "#!/bin/sh\n")
     child = supervisor.PreparedChild([str(command)])
-    assert child.shell
     if problem == "removed":
         command.unlink()
     else:
         command.chmod(0o644)
-    with pytest.raises(OSError) as e:
-        child.launch({}, clock.now() + 20)
-    assert e.value.errno == code
-    assert supervisor.spawn_error_exit_code(e.value) == (127 if code == errno.ENOENT else 126)
+    e = failed_launch(child)
+    assert e.errno == code
+    assert supervisor.spawn_error_exit_code(e) == (127 if code == errno.ENOENT else 126)
     assert wait_exit(child.pid) == 0
     assert not marker.exists()
 
