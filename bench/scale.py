@@ -11,6 +11,12 @@ arrived from the SIGTERM until one second after the new child started, split int
 (session create/destroy, KV writes and txn: what loads the servers), renewals (an in-memory timer
 reset on the leader server, not a Raft write) and reads (GETs, blocking queries included). It
 prints medians per size and writes bench/results/scale.json. It measures and never asserts.
+
+Each tool runs with its defaults, as a fleet would: consul-elect's follower renewals then come
+every 3.3 s (`--ttl 10s`), `consul lock`'s every 7.5 s. `--elect-flags fast` runs consul-elect with
+the test suite's `--ttl 3s --lock-delay 2s --grace 0.5s` (bench/run.py's handover figure) instead:
+its hundred waiters then renew once a second each, and on one 2-core machine that background
+is most of what grows with N.
 """
 
 from __future__ import annotations
@@ -119,6 +125,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="2,10,40,100")
     parser.add_argument("--handovers", type=int, default=HANDOVERS)
     parser.add_argument("--tool", choices=("both", "elect", "lock"), default="both")
+    parser.add_argument("--elect-flags", choices=("defaults", "fast"), default="defaults")
     args = parser.parse_args()
     consul_bin = os.environ.get("CONSUL_BIN")
     if not consul_bin:
@@ -130,12 +137,13 @@ def main() -> int:
         b.agent = b.start_agent(b.dir("agent"))
         labels = {"both": (CE, CL), "elect": (CE,), "lock": (CL,)}[args.tool]
         for label in labels:
-            tool = Tool(b, label)
+            tool = Tool(b, label, options=[] if args.elect_flags == "defaults" else None)
+            say(f"scale: {tool.describe()}")
             for size in sizes:
                 say(f"scale: {label} x{size} ...")
                 started = now()
                 row = one_size(b, tool, size, args.handovers)
-                results.append({"tool": label, **row})
+                results.append({"tool": label, "flags": tool.describe(), **row})
                 say(f"scale: {label} x{size} done in {now() - started:.1f} s")
     finally:
         leftovers = b.close()

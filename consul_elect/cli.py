@@ -313,6 +313,7 @@ def _table_printer(clear: bool):
 def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="consul-elect", standalone_mode=False)
+        logs.final_exit(code if isinstance(code, int) else exit_codes.OK)
     except click.exceptions.NoArgsIsHelpError as e:
         # Help was not asked for: a script that forgot its arguments must see a failure.
         click.echo(e.ctx.get_help(), err=True)

@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import socket
-import tempfile
 
 from .errors import UsageError
 
@@ -361,6 +360,8 @@ class Config:
 
 def default_role_file(key: str) -> str:
     """$TMPDIR/consul-elect-<key with / as _>.role: one per key on a host (README "Signal mode")."""
+    import tempfile  # here, not at the top: `status` never needs it, and it costs a cold start 3 ms
+
     return os.path.join(tempfile.gettempdir(), f"consul-elect-{key.replace('/', '_')}.role")
 
 

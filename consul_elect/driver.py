@@ -109,7 +109,9 @@ class Driver:
                 event = self._next_event(leadership.wake_at(self.core))
                 if event is None:
                     continue
+                before = self.core
                 self.core, actions = leadership.step(self.core, event, clock.now(), random.random())
+                self._tell_owed_hook(before)
                 outcome = self._perform_all(actions)
         finally:
             self._close()
@@ -606,9 +608,21 @@ class Driver:
         return env
 
     def _hook_env(self, action: RunHook) -> dict[str, str]:
-        role = role_file.LEADER if action.hook == defaults.HOOK_ON_ELECTED else role_file.FOLLOWER
-        return {**os.environ, **self._role_env(), "CONSUL_ELECT_HOOK": action.hook, "CONSUL_ELECT_ROLE": role,
-                "CONSUL_ELECT_FENCING_TOKEN": str(action.token)}
+        return {**os.environ, **self._hook_vars(action.hook, action.token)}
+
+    def _hook_vars(self, hook: str, token: int) -> dict[str, str]:
+        role = role_file.LEADER if hook == defaults.HOOK_ON_ELECTED else role_file.FOLLOWER
+        return {**self._role_env(), "CONSUL_ELECT_HOOK": hook, "CONSUL_ELECT_ROLE": role,
+                "CONSUL_ELECT_FENCING_TOKEN": str(token)}
+
+    def _tell_owed_hook(self, before: leadership.Core) -> None:
+        """Keep the watchdog told which term's --on-demoted is owed, so that it runs it if we
+        die; told before the step's actions, so that a hook we start is never run twice."""
+        token = self.core.memory.hook_term
+        if not self.config.on_demoted or token == before.memory.hook_term:
+            return
+        env = None if token is None else self._hook_vars(defaults.HOOK_ON_DEMOTED, token)
+        self.watchdog.send(proto.SetDemotedHook(env))
 
     def _public_status_address(self) -> str:
         # A wildcard bind is no address for others to use: name this host instead.

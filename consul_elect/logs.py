@@ -84,6 +84,16 @@ def final_error(message: str, code: int) -> None:
     print(json.dumps({**doc, "exit_code": code}), file=sys.stderr)
 
 
+def final_exit(code: int) -> None:
+    """With the JSON log format, the way out always ends with a line carrying the exit code (an
+    error's is final_error's); plain text says nothing more when all went as asked."""
+    if _JSON_FINAL is None:
+        return
+    record = logging.LogRecord("consul_elect", logging.INFO, __file__, 0, f"exiting with status {code}", None, None)
+    doc = json.loads(_JSON_FINAL.format(record))
+    print(json.dumps({**doc, "exit_code": code}), file=sys.stderr)
+
+
 def setup(name: str, verbose: int = 0, quiet: int = 0, fmt: str = TEXT, key: str | None = None) -> None:
     global _JSON_FINAL
     level = logging.INFO - 10 * verbose + 10 * quiet

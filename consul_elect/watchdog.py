@@ -38,8 +38,9 @@ from collections.abc import Callable
 
 from . import clock, containment, role_file, supervisor, trace
 from . import watchdog_protocol as proto
-from .config import ACK_POLL, CONTAIN_RETRY_WAIT, FOLLOWER_START_TIMEOUT, KILL_WAIT, Config
+from .config import ACK_POLL, CONTAIN_RETRY_WAIT, FOLLOWER_START_TIMEOUT, HOOK_ON_DEMOTED, KILL_WAIT, Config
 from .exit_codes import SOFTWARE
+from .hooks import Hooks
 from .signals import WATCHDOG_IGNORED
 # The standard library's HTTP only: the watchdog is forked before anything heavier is imported.
 from .transport import put_once
@@ -104,6 +105,7 @@ class Watchdog:
         # What the role file says: (role, fencing token while leader, the term a demotion ended).
         self.role: tuple[str, int | None, int | None] = (role_file.FOLLOWER, None, None)
         self.leader_name: str | None = None
+        self.demoted_hook_env: dict | None = None  # the --on-demoted hook owed (SetDemotedHook)
         self.term: Term | None = None
         self.exit_code = 0
 
@@ -192,6 +194,8 @@ class Watchdog:
             self._send(proto.Pong(msg.seq))
         elif isinstance(msg, proto.SetSession):
             self.session = msg.session
+        elif isinstance(msg, proto.SetDemotedHook):
+            self.demoted_hook_env = msg.env
         elif isinstance(msg, proto.SetLease):
             self.deadline, self.release_value = msg.deadline, msg.release_value
             self.release_key = msg.key or self.config.key
@@ -432,6 +436,11 @@ class Watchdog:
             run.reason = proto.REASON_LEASE_EXPIRED
             if self._kill_and_finish():
                 self._release_key()
+                log.error("no renewal by the lease deadline (consul-elect frozen, or cut off from Consul): "
+                          "the command was killed and %s released", self.release_key)
+            else:
+                log.error("no renewal by the lease deadline (consul-elect frozen, or cut off from Consul): "
+                          "the command was killed, but some of its processes survive: %s stays held", self.release_key)
             return
         if run.kill_at is not None and now >= run.kill_at and not run.killed:
             self._kill_and_finish()
@@ -522,7 +531,8 @@ class Watchdog:
                     released = True
             else:
                 log.error("the elector died: stopping the command")
-        if self.run is not None:
+        ran = self.run is not None
+        if ran:
             self.run.reason = proto.REASON_STOPPED
             confirmed = self._kill_and_finish()
         # Survivors of an earlier run (EPERM) keep the key held: its session is left to Consul.
@@ -531,6 +541,21 @@ class Watchdog:
             if not released:
                 self._release_key()
             put_once(self.config.connection, f"/v1/session/destroy/{self.session}", CLEANUP_TIMEOUT, params={})
+        if ran and not self.config.signal_mode:
+            log.error("consul-elect died: the command was stopped%s", "" if confirmed else
+                      ", but some of its processes survive (its session is left to expire)")
+        self._run_owed_demoted_hook()
+
+    def _run_owed_demoted_hook(self) -> None:
+        """The elector died within a term whose --on-demoted it had not run: run it here, after
+        the stop and the release, as the elector would have (README "Hooks")."""
+        env, command = self.demoted_hook_env, self.config.on_demoted
+        self.demoted_hook_env = None
+        if env is None or not command:
+            return
+        hooks = Hooks(self.config.hook_timeout, lambda: None)
+        hooks.start(HOOK_ON_DEMOTED, command, {**os.environ, **env})
+        hooks.wait()
 
     def _stand_down_alone(self) -> bool:
         """Demote now (unless done), and wait for the acknowledgement until the term's ack_by."""

@@ -40,6 +40,14 @@ class SetLease:
 
 
 @dataclasses.dataclass(frozen=True)
+class SetDemotedHook:
+    """The --on-demoted hook owed for the term that began (*env*: what the hook gets on top of
+    the environment), or None once the elector ran it: if the elector dies first, the watchdog
+    runs it after the command is stopped and the key released."""
+    env: dict | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Spawn:
     """Exec mode: start the command as leader of term *token* (it needs a lease)."""
     env: dict
@@ -163,9 +171,9 @@ class Acked:
     token: int
 
 
-_TYPES = {cls.__name__: cls for cls in (SetSession, SetLease, Spawn, Start, Elect, Demote, SetLeader, ForwardSignal,
-                                         Stop, Quit, Ping, Spawned, SpawnFailed, Exited, Pong, Elected, Demoted, Acked,
-                                         CommandStopped)}
+_TYPES = {cls.__name__: cls for cls in (SetSession, SetLease, SetDemotedHook, Spawn, Start, Elect, Demote, SetLeader,
+                                         ForwardSignal, Stop, Quit, Ping, Spawned, SpawnFailed, Exited, Pong, Elected,
+                                         Demoted, Acked, CommandStopped)}
 
 
 def encode(message) -> bytes:

@@ -426,12 +426,14 @@ def main() -> int:
     # Without a terminal rich would wrap the summary at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=120)
     work = pathlib.Path(tempfile.mkdtemp(prefix="consul-elect-demo-"))
+    failed = False
     demo = Demo(consul, work)
     # Ctrl-C is KeyboardInterrupt; make a SIGTERM to the demo leave through the same clean-up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         print(f"== Consul dev agent on {demo.http}, the ledger on {demo.ledger_url}, three candidates "
-              f"running examples/demo_api.py ({' '.join(TIMINGS)}); logs in {work}", flush=True)
+              f"running examples/demo_api.py ({' '.join(TIMINGS)}); logs in {work} (kept only if the demo fails)",
+              flush=True)
         demo.start()
         first = demo.wait_leader()
         demo.event(f"{first['name']} leads (fencing token {first['token']})")
@@ -446,9 +448,15 @@ def main() -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        failed = True
+        raise
     finally:
         demo.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if failed:
+            print(f"== the logs are kept in {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         print("== stopped everything the demo started", flush=True)
 
 

@@ -75,6 +75,15 @@ def test_every_log_line_names_the_candidate_and_json_lines_parse(consul_agent, c
     assert any(d["message"].startswith("following alice") for d in docs)
 
 
+def test_json_logs_end_with_the_exit_code_on_every_way_out(consul_agent, candidates):
+    c = candidates(consul_agent.http_addr, "svc/json-exit", "a", command=["sh", "-c", "exit 4"],
+                   options=[*FAST, "--log-format", "json"])
+    assert c.wait(15) == 4
+    docs = [json.loads(line) for line in c.log().splitlines() if line.startswith("{")]
+    assert docs[-1]["exit_code"] == 4 and docs[-1]["level"] == "info", docs[-3:]
+    assert sum("exit_code" in d for d in docs) == 1
+
+
 def test_the_command_line_is_logged_once_as_a_shell_would_quote_it(consul_agent, candidates):
     c = candidates(consul_agent.http_addr, "svc/quoted", "a", command=["sh", "-c", "exit 3", "it's"])
     assert c.wait(15) == 3

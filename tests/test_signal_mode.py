@@ -309,6 +309,33 @@ def test_hooks_run_at_each_transition_with_the_right_environment(consul_agent, c
     assert "hook on-demoted: hook-said-hello" in cs["a"].log()
 
 
+@pytest.mark.parametrize("mode", ["signal", "exec"])
+def test_a_killed_elector_owes_its_term_an_on_demoted_hook_and_the_watchdog_runs_it_once(
+        consul_agent, candidates, tmp_path, mode):
+    out = tmp_path / "hooks"
+    out.mkdir()
+    events = tmp_path / "events.log"
+    # Appends, so a hook run twice for one term shows; the released key is checked as it runs.
+    hook = (f'f={out}/$CONSUL_ELECT_HOOK-$CONSUL_ELECT_FENCING_TOKEN; echo "$CONSUL_ELECT_ROLE" >> $f; '
+            f'echo ran-by-$PPID')
+    cmd = [sys.executable, ROLE_CHILD, str(events)] if mode == "signal" else ["sleep", "60"]
+    a = candidates(consul_agent.http_addr, "svc/owed", "a", command=cmd, options=[
+        *FAST, "--mode", mode, "--role-file", str(tmp_path / "a.role"), "--on-demoted", hook])
+    wait_for(lambda: "elected leader" in a.log(), 10, what="a to lead")
+    b = candidates(consul_agent.http_addr, "svc/owed", "b", command=cmd, options=[
+        *FAST, "--mode", mode, "--role-file", str(tmp_path / "b.role")])
+    wait_for(lambda: "following a" in b.log(), 10, what="b to follow a")
+    time.sleep(0.3)  # past the step that told the watchdog which term is owed its hook
+    os.kill(a.pid, signal.SIGKILL)
+    demoted = wait_for(lambda: list(out.glob("on-demoted-*")), 10, what="the watchdog to run on-demoted")
+    wait_for(lambda: "elected leader" in b.log(), 10, what="b to lead")
+    time.sleep(0.5)
+    assert len(demoted) == 1 and demoted[0].read_text() == "follower\n", [p.read_text() for p in demoted]
+    assert "hook on-demoted: ran-by-" in a.log(), a.log()
+    if mode == "exec":
+        assert "consul-elect died: the command was stopped" in a.log(), a.log()
+
+
 def test_a_hung_hook_is_killed_at_the_timeout_and_the_election_goes_on(consul_agent, candidates, tmp_path):
     events = tmp_path / "events.log"
     cmd = [sys.executable, ROLE_CHILD, str(events)]

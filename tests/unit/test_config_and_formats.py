@@ -145,6 +145,7 @@ def test_signal_table_derives_disjoint_jobs():
 
 @pytest.mark.parametrize("message", [
     proto.SetSession("s"), proto.SetSession(None), proto.SetLease(12.5, '{"a": 1}'), proto.Spawn({"A": "1"}),
+    proto.SetDemotedHook({"CONSUL_ELECT_FENCING_TOKEN": "7"}), proto.SetDemotedHook(None),
     proto.ForwardSignal(1), proto.Stop(0.5), proto.Quit(), proto.Ping(3), proto.Spawned(9),
     proto.SpawnFailed(False, 127, "x: not found"), proto.Exited(9, 0, "exited", False, True, (1, 2)), proto.Pong(3),
 ])
