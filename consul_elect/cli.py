@@ -311,9 +311,9 @@ def _table_printer(clear: bool):
 
 
 def main(argv: list[str] | None = None) -> None:
+    said = False  # whether final_error wrote the last line already
     try:
         code = cli.main(args=argv, prog_name="consul-elect", standalone_mode=False)
-        logs.final_exit(code if isinstance(code, int) else exit_codes.OK)
     except click.exceptions.NoArgsIsHelpError as e:
         # Help was not asked for: a script that forgot its arguments must see a failure.
         click.echo(e.ctx.get_help(), err=True)
@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     except ElectError as e:
         code = exit_codes.for_error(e)
         logs.final_error(str(e), code)
+        said = True
     except KeyboardInterrupt:
         code = exit_codes.INTERRUPTED
     except Exception as e:  # a bug: one line for the user, the traceback for a bug report with -v
@@ -340,4 +341,8 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         code = exit_codes.SOFTWARE
         logs.final_error(f"internal error (a bug; run with -v for the traceback): {type(e).__name__}: {e}", code)
-    sys.exit(code if isinstance(code, int) else exit_codes.OK)
+        said = True
+    code = code if isinstance(code, int) else exit_codes.OK
+    if not said:
+        logs.final_exit(code)
+    sys.exit(code)

@@ -81,6 +81,7 @@ class Driver:
         self.next_ping_at = 0.0
         self.watchdog_reported = False
         self.hooks = Hooks(config.hook_timeout, self.state.hook_failed)
+        self.owed_hook_told: int | None = None  # the term whose --on-demoted the watchdog holds
         # The queue of candidates (lock_key.queue_prefix): the session whose entry we hold, and
         # what a read of the queue found while our command stopped, for the release to name.
         self.queued: str | None = None
@@ -109,9 +110,8 @@ class Driver:
                 event = self._next_event(leadership.wake_at(self.core))
                 if event is None:
                     continue
-                before = self.core
                 self.core, actions = leadership.step(self.core, event, clock.now(), random.random())
-                self._tell_owed_hook(before)
+                self._tell_owed_hook()
                 outcome = self._perform_all(actions)
         finally:
             self._close()
@@ -328,6 +328,7 @@ class Driver:
             result = self._perform(action)
             if result is not None:
                 self.core, more = leadership.step(self.core, result, clock.now(), random.random())
+                self._tell_owed_hook()
                 todo.extend(more)
         return None
 
@@ -346,6 +347,11 @@ class Driver:
         elif isinstance(action, TellLeader):
             self.watchdog.send(proto.SetLeader(action.name))
         elif isinstance(action, RunHook):
+            if action.hook == defaults.HOOK_ON_DEMOTED and self.owed_hook_told is not None:
+                # Paid now: told at the last moment, so that our death before this line
+                # (a slow release, say) still leaves the watchdog to run it.
+                self.watchdog.send(proto.SetDemotedHook(None))
+                self.owed_hook_told = None
             self.hooks.start(action.hook, self.config.hook_command(action.hook), self._hook_env(action))
         elif isinstance(action, SendLease):
             value = self.identity.to_value(action.session, self.leader_since or utc_now_iso(), released=True)
@@ -615,14 +621,14 @@ class Driver:
         return {**self._role_env(), "CONSUL_ELECT_HOOK": hook, "CONSUL_ELECT_ROLE": role,
                 "CONSUL_ELECT_FENCING_TOKEN": str(token)}
 
-    def _tell_owed_hook(self, before: leadership.Core) -> None:
-        """Keep the watchdog told which term's --on-demoted is owed, so that it runs it if we
-        die; told before the step's actions, so that a hook we start is never run twice."""
+    def _tell_owed_hook(self) -> None:
+        """Tell the watchdog when a term begins that owes an --on-demoted, so that it runs the
+        hook if we die before we do (the debt is cleared where we start the hook: RunHook)."""
         token = self.core.memory.hook_term
-        if not self.config.on_demoted or token == before.memory.hook_term:
+        if token is None or token == self.owed_hook_told or not self.config.on_demoted:
             return
-        env = None if token is None else self._hook_vars(defaults.HOOK_ON_DEMOTED, token)
-        self.watchdog.send(proto.SetDemotedHook(env))
+        self.watchdog.send(proto.SetDemotedHook(self._hook_vars(defaults.HOOK_ON_DEMOTED, token)))
+        self.owed_hook_told = token
 
     def _public_status_address(self) -> str:
         # A wildcard bind is no address for others to use: name this host instead.

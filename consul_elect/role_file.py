@@ -80,7 +80,20 @@ def acknowledged(path: str, term: int) -> bool:
     return len(words) == 2 and words[0] == FOLLOWER.encode() and words[1] == str(term).encode()
 
 
-def remove(path: str) -> None:
+def identity(path: str) -> tuple[int, int] | None:
+    """Which file *path* is now (device, inode): each write() makes a new one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def remove(path: str, only: tuple[int, int] | None = None) -> None:
+    """Remove the role file, its .tmp and its .ack; with *only*, nothing unless the role file is
+    still that one (identity()), or gone."""
+    if only is not None and identity(path) not in (only, None):
+        return
     for name in (path, f"{path}.tmp", ack_path(path)):
         try:
             os.unlink(name)

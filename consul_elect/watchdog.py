@@ -106,6 +106,7 @@ class Watchdog:
         self.role: tuple[str, int | None, int | None] = (role_file.FOLLOWER, None, None)
         self.leader_name: str | None = None
         self.demoted_hook_env: dict | None = None  # the --on-demoted hook owed (SetDemotedHook)
+        self.role_written: tuple[int, int] | None = None  # role_file.identity() of our last write
         self.term: Term | None = None
         self.exit_code = 0
 
@@ -135,7 +136,9 @@ class Watchdog:
             except OSError:
                 pass
             if self.role_path is not None:
-                role_file.remove(self.role_path)
+                # Only the file we wrote last: after a late owed hook, a restarted consul-elect
+                # for the same key may already have written its own at the same path.
+                role_file.remove(self.role_path, only=self.role_written)
             supervisor.reap_all()
             containment.remove_cgroup(self.cgroup)
         return self.exit_code
@@ -353,8 +356,9 @@ class Watchdog:
         if self.role_path is None:
             return
         leader = self.config.name if role == role_file.LEADER else self.leader_name
-        role_file.write(self.role_path, role_file.document(role, leader, token, self.deadline, demoted_from,
-                                                           self.role_path))
+        if role_file.write(self.role_path, role_file.document(role, leader, token, self.deadline, demoted_from,
+                                                              self.role_path)):
+            self.role_written = role_file.identity(self.role_path)
 
     def _role_ended(self) -> None:
         """The command no longer leads (stopped, killed, exited): say so before it is signalled."""
@@ -544,14 +548,20 @@ class Watchdog:
         if ran and not self.config.signal_mode:
             log.error("consul-elect died: the command was stopped%s", "" if confirmed else
                       ", but some of its processes survive (its session is left to expire)")
-        self._run_owed_demoted_hook()
+        self._run_owed_demoted_hook(confirmed)
 
-    def _run_owed_demoted_hook(self) -> None:
+    def _run_owed_demoted_hook(self, released: bool) -> None:
         """The elector died within a term whose --on-demoted it had not run: run it here, after
         the stop and the release, as the elector would have (README "Hooks")."""
         env, command = self.demoted_hook_env, self.config.on_demoted
         self.demoted_hook_env = None
         if env is None or not command:
+            return
+        if not released:
+            # The term is not over while processes of the command survive and the key stays
+            # held: the elector would not run it either.
+            log.error("the on-demoted hook is not run: %s stays held while processes of the command survive",
+                      self.release_key)
             return
         hooks = Hooks(self.config.hook_timeout, lambda: None)
         hooks.start(HOOK_ON_DEMOTED, command, {**os.environ, **env})

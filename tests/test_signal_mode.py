@@ -309,31 +309,82 @@ def test_hooks_run_at_each_transition_with_the_right_environment(consul_agent, c
     assert "hook on-demoted: hook-said-hello" in cs["a"].log()
 
 
+# What an on-demoted hook saw: its role, and whether the command still ran and a still held the
+# key when it ran (one line per run, appended, so a second run for one term shows).
+OWED_HOOK = """
+import base64, json, os, sys, urllib.request
+out, pidfile = sys.argv[1], sys.argv[2]
+try:
+    os.kill(int(open(pidfile).read()), 0)
+    command = "running"
+except ProcessLookupError:
+    command = "gone"
+url = "http://" + os.environ["CONSUL_HTTP_ADDR"] + "/v1/kv/svc/owed"
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+entry = json.load(opener.open(url, timeout=5))[0]
+holder = json.loads(base64.b64decode(entry["Value"]))["name"] if entry.get("Session") else None
+key = "held-by-a" if holder == "a" else "released"
+with open(os.path.join(out, "on-demoted-" + os.environ["CONSUL_ELECT_FENCING_TOKEN"]), "a") as f:
+    f.write(" ".join((os.environ["CONSUL_ELECT_ROLE"], command, key)) + "\\n")
+print("ran-after-the-stop")
+"""
+
+
 @pytest.mark.parametrize("mode", ["signal", "exec"])
 def test_a_killed_elector_owes_its_term_an_on_demoted_hook_and_the_watchdog_runs_it_once(
         consul_agent, candidates, tmp_path, mode):
     out = tmp_path / "hooks"
     out.mkdir()
     events = tmp_path / "events.log"
-    # Appends, so a hook run twice for one term shows; the released key is checked as it runs.
-    hook = (f'f={out}/$CONSUL_ELECT_HOOK-$CONSUL_ELECT_FENCING_TOKEN; echo "$CONSUL_ELECT_ROLE" >> $f; '
-            f'echo ran-by-$PPID')
-    cmd = [sys.executable, ROLE_CHILD, str(events)] if mode == "signal" else ["sleep", "60"]
+    script = tmp_path / "owed_hook.py"
+    script.write_text(OWED_HOOK)
+    pidfile = tmp_path / "a.pid"
+    inner = f"{sys.executable} {ROLE_CHILD} {events}" if mode == "signal" else "sleep 60"
+    cmd = ["sh", "-c", f"echo $$ > {pidfile}; exec {inner}"]
     a = candidates(consul_agent.http_addr, "svc/owed", "a", command=cmd, options=[
-        *FAST, "--mode", mode, "--role-file", str(tmp_path / "a.role"), "--on-demoted", hook])
-    wait_for(lambda: "elected leader" in a.log(), 10, what="a to lead")
-    b = candidates(consul_agent.http_addr, "svc/owed", "b", command=cmd, options=[
-        *FAST, "--mode", mode, "--role-file", str(tmp_path / "b.role")])
+        *FAST, "--mode", mode, "--role-file", str(tmp_path / "a.role"),
+        "--on-demoted", f"{sys.executable} {script} {out} {pidfile}"])
+    wait_for(lambda: "elected leader" in a.log() and pidfile.exists(), 10, what="a to lead")
+    b = candidates(consul_agent.http_addr, "svc/owed", "b", command=["sleep", "60"] if mode == "exec" else
+                   [sys.executable, ROLE_CHILD, str(events)],
+                   options=[*FAST, "--mode", mode, "--role-file", str(tmp_path / "b.role")])
     wait_for(lambda: "following a" in b.log(), 10, what="b to follow a")
-    time.sleep(0.3)  # past the step that told the watchdog which term is owed its hook
+    time.sleep(0.3)  # past the step that told the watchdog which term owes its hook
     os.kill(a.pid, signal.SIGKILL)
-    demoted = wait_for(lambda: list(out.glob("on-demoted-*")), 10, what="the watchdog to run on-demoted")
+    wait_for(lambda: list(out.glob("on-demoted-*")), 10, what="the watchdog to run on-demoted")
     wait_for(lambda: "elected leader" in b.log(), 10, what="b to lead")
     time.sleep(0.5)
-    assert len(demoted) == 1 and demoted[0].read_text() == "follower\n", [p.read_text() for p in demoted]
-    assert "hook on-demoted: ran-by-" in a.log(), a.log()
+    runs = {p.name: p.read_text() for p in out.glob("on-demoted-*")}
+    assert list(runs.values()) == ["follower gone released\n"], runs
+    assert "hook on-demoted: ran-after-the-stop" in a.log(), a.log()
     if mode == "exec":
         assert "consul-elect died: the command was stopped" in a.log(), a.log()
+
+
+@pytest.mark.parametrize("mode", ["signal", "exec"])
+def test_an_on_demoted_hook_the_elector_ran_is_not_run_again_when_it_is_killed_in_its_next_term(
+        consul_agent, candidates, tmp_path, mode):
+    out = tmp_path / "hooks"
+    out.mkdir()
+    events = tmp_path / "events.log"
+    hook = f'echo "$CONSUL_ELECT_ROLE" >> {out}/on-demoted-$CONSUL_ELECT_FENCING_TOKEN'
+    cmd = [sys.executable, ROLE_CHILD, str(events)] if mode == "signal" else ["sleep", "60"]
+    a = candidates(consul_agent.http_addr, "svc/paid", "a", command=cmd, options=[
+        *FAST, "--mode", mode, "--role-file", str(tmp_path / "a.role"), "--on-demoted", hook])
+    wait_for(lambda: "elected leader" in a.log(), 10, what="a to lead")
+    # The key deleted under a: its first term ends and it runs that term's hook itself; alone,
+    # it wins the key again, which opens a second term.
+    consul_agent.request("DELETE", "/v1/kv/svc/paid")
+    wait_for(lambda: list(out.glob("on-demoted-*")), 10, what="a's own on-demoted")
+    wait_for(lambda: a.log().count("elected leader") == 2, 15, what="a's second term")
+    time.sleep(0.3)  # past the step that told the watchdog which term owes its hook
+    below = a.descendants()  # its watchdog (and prepared child): they outlive it a moment
+    assert below
+    os.kill(a.pid, signal.SIGKILL)
+    wait_for(lambda: not any(pid_alive(p) for p in below), 10, what="a's watchdog to finish")
+    runs = sorted(p.read_text() for p in out.glob("on-demoted-*"))
+    # One run per term: the first by a itself, the second by its watchdog; never the first twice.
+    assert runs == ["follower\n", "follower\n"], runs
 
 
 def test_a_hung_hook_is_killed_at_the_timeout_and_the_election_goes_on(consul_agent, candidates, tmp_path):
