@@ -309,6 +309,13 @@ def test_hooks_run_at_each_transition_with_the_right_environment(consul_agent, c
     assert "hook on-demoted: hook-said-hello" in cs["a"].log()
 
 
+def hooks_dir(tmp_path: Path) -> tuple[Path, Path]:
+    """Where the hooks write, and the role child's events file."""
+    out = tmp_path / "hooks"
+    out.mkdir()
+    return out, tmp_path / "events.log"
+
+
 # What an on-demoted hook saw: its role, and whether the command still ran and a still held the
 # key when it ran (one line per run, appended, so a second run for one term shows).
 OWED_HOOK = """
@@ -333,9 +340,7 @@ print("ran-after-the-stop")
 @pytest.mark.parametrize("mode", ["signal", "exec"])
 def test_a_killed_elector_owes_its_term_an_on_demoted_hook_and_the_watchdog_runs_it_once(
         consul_agent, candidates, tmp_path, mode):
-    out = tmp_path / "hooks"
-    out.mkdir()
-    events = tmp_path / "events.log"
+    out, events = hooks_dir(tmp_path)
     script = tmp_path / "owed_hook.py"
     script.write_text(OWED_HOOK)
     pidfile = tmp_path / "a.pid"
@@ -364,9 +369,7 @@ def test_a_killed_elector_owes_its_term_an_on_demoted_hook_and_the_watchdog_runs
 @pytest.mark.parametrize("mode", ["signal", "exec"])
 def test_an_on_demoted_hook_the_elector_ran_is_not_run_again_when_it_is_killed_in_its_next_term(
         consul_agent, candidates, tmp_path, mode):
-    out = tmp_path / "hooks"
-    out.mkdir()
-    events = tmp_path / "events.log"
+    out, events = hooks_dir(tmp_path)
     hook = f'echo "$CONSUL_ELECT_ROLE" >> {out}/on-demoted-$CONSUL_ELECT_FENCING_TOKEN'
     cmd = [sys.executable, ROLE_CHILD, str(events)] if mode == "signal" else ["sleep", "60"]
     a = candidates(consul_agent.http_addr, "svc/paid", "a", command=cmd, options=[
