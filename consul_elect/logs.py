@@ -79,17 +79,18 @@ def final_error(message: str, code: int) -> None:
     if _JSON_FINAL is None:
         print(f"consul-elect: {message}", file=sys.stderr)
         return
-    record = logging.LogRecord("consul_elect", logging.ERROR, __file__, 0, message, None, None)
-    doc = json.loads(_JSON_FINAL.format(record))
-    print(json.dumps({**doc, "exit_code": code}), file=sys.stderr)
+    _json_last_line(logging.ERROR, message, code)
 
 
 def final_exit(code: int) -> None:
     """With the JSON log format, the way out always ends with a line carrying the exit code (an
     error's is final_error's); plain text says nothing more when all went as asked."""
-    if _JSON_FINAL is None:
-        return
-    record = logging.LogRecord("consul_elect", logging.INFO, __file__, 0, f"exiting with status {code}", None, None)
+    if _JSON_FINAL is not None:
+        _json_last_line(logging.INFO, f"exiting with status {code}", code)
+
+
+def _json_last_line(level: int, message: str, code: int) -> None:
+    record = logging.LogRecord("consul_elect", level, __file__, 0, message, None, None)
     doc = json.loads(_JSON_FINAL.format(record))
     print(json.dumps({**doc, "exit_code": code}), file=sys.stderr)
 

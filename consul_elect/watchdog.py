@@ -438,13 +438,12 @@ class Watchdog:
             # The elector did not renew in time (frozen, cut off, slow): the lease promise is
             # kept here, without it; never hand the key on while the command might still run.
             run.reason = proto.REASON_LEASE_EXPIRED
-            if self._kill_and_finish():
+            released = self._kill_and_finish()
+            if released:
                 self._release_key()
-                log.error("no renewal by the lease deadline (consul-elect frozen, or cut off from Consul): "
-                          "the command was killed and %s released", self.release_key)
-            else:
-                log.error("no renewal by the lease deadline (consul-elect frozen, or cut off from Consul): "
-                          "the command was killed, but some of its processes survive: %s stays held", self.release_key)
+            log.error("no renewal by the lease deadline (consul-elect frozen, or cut off from Consul): the command "
+                      "was killed%s", f" and {self.release_key} released" if released else
+                      f", but some of its processes survive: {self.release_key} stays held")
             return
         if run.kill_at is not None and now >= run.kill_at and not run.killed:
             self._kill_and_finish()
